@@ -1,0 +1,1 @@
+"""Multi-task losses, metrics and training-loop safety for AAM."""

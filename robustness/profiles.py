@@ -1,0 +1,58 @@
+"""Hypothesis settings profiles, registered once on import.
+
+Select one with Hypothesis's own option, ``pytest --hypothesis-profile=dev``. Under
+``CI=true`` Hypothesis loads the profile named ``ci`` by default; registering ours under that
+name replaces Hypothesis's built-in one, so CI gets the deterministic contract profile.
+
+* ``dev``: quick feedback while editing loss code.
+* ``ci``: deterministic (``derandomize=True``, no database, no deadline) with enough examples
+  that every mutant in the corpus dies; the same verdict every run.
+* ``thorough``: many random examples, example database on, for nightly or pre-release runs.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, Phase, settings
+
+__all__ = ["PROFILES", "register_profiles"]
+
+#: Health checks that misfire on tensor-building strategies (large draws, slow first calls
+#: into torch); they say nothing about the code under test.
+_SUPPRESSED = (HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example)
+
+PROFILES: dict[str, settings] = {
+    "dev": settings(
+        max_examples=15,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=_SUPPRESSED,
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+        print_blob=True,
+    ),
+    "ci": settings(
+        max_examples=60,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=_SUPPRESSED,
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+        print_blob=True,
+    ),
+    "thorough": settings(
+        max_examples=1000,
+        deadline=None,
+        derandomize=False,
+        suppress_health_check=_SUPPRESSED,
+        print_blob=True,
+    ),
+}
+
+
+def register_profiles() -> None:
+    """Register every profile in :data:`PROFILES` (idempotent)."""
+    for name, profile in PROFILES.items():
+        settings.register_profile(name, profile)
+
+
+register_profiles()
