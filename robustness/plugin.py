@@ -70,6 +70,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"devices to run device-generic checks on (default: ${DEVICE_ENV}, then all)",
     )
     group.addoption(
+        "--robustness-rules",
+        default=None,
+        metavar="ID[,ID...]",
+        help="run only the contract tests of these rule ids (e.g. C-MASK-1,C-MASK-2)",
+    )
+    group.addoption(
         "--robustness-repro-dir",
         default=None,
         metavar="DIR",
@@ -142,8 +148,15 @@ def _rule_of(item: pytest.Item) -> str | None:
     return str(marker.args[0]) if marker and marker.args else None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Record each contract test's rule id and term, for the gate's table."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep only the selected rules; record each contract test's rule id and term."""
+    wanted = config.getoption("--robustness-rules")
+    if wanted:
+        rules = {r.strip() for r in wanted.split(",") if r.strip()}
+        deselected = [item for item in items if _rule_of(item) not in rules]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if _rule_of(item) in rules]
     for item in items:
         rule = _rule_of(item)
         if rule is None:

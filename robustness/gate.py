@@ -1,0 +1,321 @@
+"""The gate: run the contract suite against a target and print a verdict a person can read.
+
+``python -m robustness gate`` runs the packaged contract suite (``robustness.contract``)
+through pytest, with pytest-xdist workers, against the loss class and metrics module named by
+import path. It prints one row per rule id × term (pass / FAIL / skipped with its reason,
+examples run, seconds), then each violation with its minimal input and the command that
+replays it.
+
+Exit status: 0 every rule holds, 1 a rule is violated, 2 usage error (bad option, or a target
+that cannot be imported or lacks the interface; one line on stderr), 3 the run itself broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from robustness.devices import DEVICE_CHOICES
+from robustness.errors import HarnessUsageError
+from robustness.target import load_loss_target, load_metrics_target
+
+__all__ = ["EXIT_BROKEN", "EXIT_OK", "EXIT_USAGE", "EXIT_VIOLATION", "TestOutcome", "main"]
+
+EXIT_OK = 0
+EXIT_VIOLATION = 1
+EXIT_USAGE = 2
+EXIT_BROKEN = 3
+
+PROFILE_CHOICES = ("dev", "ci", "thorough")
+_GATE_INI = Path(__file__).with_name("gate.ini")
+_EXAMPLES_RE = re.compile(r"(\d+) passing examples, (\d+) failing examples")
+
+
+@dataclass
+class TestOutcome:
+    """What one contract test did, as the gate reports it."""
+
+    nodeid: str
+    rule: str
+    term: str
+    device: str
+    outcome: str = "passed"  # passed | failed | skipped
+    reason: str = ""
+    seconds: float = 0.0
+    examples: int = 0
+    message: str = ""
+    repro: str = ""
+
+
+@dataclass
+class _Collector:
+    """A pytest plugin object that gathers reports (xdist forwards workers' reports here)."""
+
+    outcomes: dict[str, TestOutcome] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def _outcome(self, report: Any) -> TestOutcome:
+        props = dict(report.user_properties)
+        found = self.outcomes.get(report.nodeid)
+        if found is None:
+            found = TestOutcome(
+                nodeid=report.nodeid,
+                rule=str(props.get("rule", "-")),
+                term=str(props.get("term", "-")),
+                device=str(props.get("device", "-")),
+            )
+            self.outcomes[report.nodeid] = found
+        return found
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        outcome = self._outcome(report)
+        outcome.seconds += report.duration
+        props = dict(report.user_properties)
+        if report.skipped and outcome.outcome != "failed":
+            outcome.outcome = "skipped"
+            longrepr = report.longrepr
+            outcome.reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+            outcome.reason = outcome.reason.removeprefix("Skipped: ")
+        elif report.failed:
+            outcome.outcome = "failed"
+            outcome.message = str(props.get("violation") or _short_failure(report))
+            outcome.repro = str(props.get("repro", ""))
+        stats = report.__dict__.get("_hypothesis_stats")
+        if isinstance(stats, str):
+            outcome.examples += sum(int(a) + int(b) for a, b in _EXAMPLES_RE.findall(stats))
+
+    def pytest_collectreport(self, report: Any) -> None:
+        if report.failed:
+            self.errors.append(f"cannot collect {report.nodeid}: {_short_failure(report)}")
+
+
+def _short_failure(report: Any) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:
+        return str(crash.message)
+    return str(report.longrepr).strip().splitlines()[-1] if report.longrepr else "failed"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
+    """The gate's command-line options."""
+    parser = _Parser(prog=prog, description=__doc__.splitlines()[0])
+    add_target_options(parser)
+    parser.add_argument("--profile", choices=PROFILE_CHOICES, default=None,
+                        help="Hypothesis profile (default: ci under CI=true, else dev)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="all",
+                        help="devices for device-generic rules; cuda is skipped with a reason "
+                        "where it cannot run (default: all)")
+    parser.add_argument("--workers", type=_non_negative_int, default=min(2, os.cpu_count() or 1),
+                        help="pytest-xdist workers; 0 runs in this process (default: 2)")
+    parser.add_argument("--rules", default=None, metavar="ID[,ID...]",
+                        help="check only these rule ids")
+    parser.add_argument("--maxfail", type=_non_negative_int, default=0,
+                        help="stop after this many failing tests (default: 0, run all)")
+    parser.add_argument("--report-json", type=Path, default=None, metavar="PATH",
+                        help="also write the verdict as JSON")
+    parser.add_argument("--junitxml", type=Path, default=None, metavar="PATH",
+                        help="also write pytest's JUnit XML report")
+    parser.add_argument("--repro-dir", type=Path, default=Path(".robustness/repros"),
+                        metavar="DIR", help="where violations write repro files")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary line")
+    return parser
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--target`` and ``--metrics`` (shared by gate and replay)."""
+    parser.add_argument("--target", default=None, metavar="MODULE:CLASS",
+                        help="loss class under test (default: $ROBUSTNESS_TARGET, then "
+                        "aam.training.losses:MultiTaskLoss)")
+    parser.add_argument("--metrics", default=None, metavar="MODULE",
+                        help="metrics module under test (default: $ROBUSTNESS_METRICS, then "
+                        "aam.training.metrics)")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _default_profile() -> str:
+    return "ci" if os.environ.get("CI", "").lower() not in ("", "0", "false") else "dev"
+
+
+def _pytest_args(options: argparse.Namespace, loss_spec: str, metrics_spec: str) -> list[str]:
+    args = [
+        "-c", str(_GATE_INI),
+        "--rootdir", os.getcwd(),
+        "--pyargs", "robustness.contract",
+        f"--hypothesis-profile={options.profile}",
+        "--robustness-target", loss_spec,
+        "--robustness-metrics", metrics_spec,
+        "--robustness-device", options.device,
+        "--robustness-repro-dir", str(options.repro_dir),
+        "-q", "--no-header", "--no-summary", "--tb=no",
+    ]
+    if options.workers:
+        args += ["-n", str(options.workers)]
+    else:
+        args += ["-p", "no:xdist"]
+    if options.rules:
+        args += ["--robustness-rules", options.rules]
+    if options.maxfail:
+        args += ["--maxfail", str(options.maxfail)]
+    if options.junitxml:
+        args += ["--junitxml", str(options.junitxml)]
+    return args
+
+
+def _rows(outcomes: Sequence[TestOutcome]) -> list[dict[str, Any]]:
+    """Group test outcomes into rule × term rows; a row fails if any of its tests failed."""
+    grouped: dict[tuple[str, str], list[TestOutcome]] = {}
+    for outcome in outcomes:
+        grouped.setdefault((outcome.rule, outcome.term), []).append(outcome)
+    rows = []
+    for (rule, term), members in sorted(grouped.items(), key=lambda kv: _rule_key(kv[0])):
+        ran = [m for m in members if m.outcome != "skipped"]
+        if any(m.outcome == "failed" for m in members):
+            status = "FAIL"
+        elif ran:
+            status = "pass"
+        else:
+            status = "skipped"
+        skipped = sorted({f"{m.device}: {m.reason}" for m in members if m.outcome == "skipped"})
+        rows.append({
+            "rule": rule,
+            "term": term,
+            "status": status,
+            "tests": len(members),
+            "skipped": skipped,
+            "examples": sum(m.examples for m in members),
+            "seconds": round(sum(m.seconds for m in members), 3),
+        })
+    return rows
+
+
+def _rule_key(key: tuple[str, str]) -> tuple[int, str, str]:
+    rule, term = key
+    return (0 if rule.startswith("C-") else 1, rule, term)
+
+
+def _render(rows: list[dict[str, Any]], failures: list[TestOutcome]) -> str:
+    header = ("rule", "term", "verdict", "examples", "seconds")
+    body = [
+        (
+            r["rule"],
+            r["term"],
+            r["status"] + (f" ({len(r['skipped'])} skipped)" if r["skipped"] and
+                           r["status"] != "skipped" else ""),
+            str(r["examples"]),
+            f"{r['seconds']:.2f}",
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+              for line in body]
+    reasons = sorted({reason for r in rows for reason in r["skipped"]})
+    if reasons:
+        lines.append("")
+        lines += [f"skipped: {reason}" for reason in reasons]
+    for failure in failures:
+        lines.append("")
+        lines.append(f"FAILED {failure.nodeid}")
+        lines.append(failure.message)
+        if failure.repro:
+            lines.append(f"  replay: python -m robustness replay {failure.repro}")
+    return "\n".join(lines)
+
+
+def run_gate(argv: Sequence[str] | None = None) -> int:
+    """Run the gate with command-line ``argv``; return the exit status."""
+    import pytest
+
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    options.profile = options.profile or _default_profile()
+    try:
+        loss = load_loss_target(options.target)
+        metrics = load_metrics_target(options.metrics)
+    except HarnessUsageError as exc:
+        print(f"robustness gate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    collector = _Collector()
+    started = time.perf_counter()
+    code = pytest.main(_pytest_args(options, loss.spec, metrics.spec), plugins=[collector])
+    wall = time.perf_counter() - started
+
+    outcomes = list(collector.outcomes.values())
+    failures = [o for o in outcomes if o.outcome == "failed"]
+    rows = _rows(outcomes)
+    if code == pytest.ExitCode.USAGE_ERROR:
+        print("robustness gate: error: pytest rejected the options (see above)", file=sys.stderr)
+        return EXIT_USAGE
+    if collector.errors or code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.INTERRUPTED):
+        for error in collector.errors:
+            print(f"robustness gate: {error}", file=sys.stderr)
+        print(f"robustness gate: the run broke (pytest exit {int(code)})", file=sys.stderr)
+        return EXIT_BROKEN
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED or not outcomes:
+        print("robustness gate: error: no contract tests selected (check --rules)",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+    verdict = EXIT_VIOLATION if failures else EXIT_OK
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("pass", "FAIL", "skipped")}
+    examples = sum(o.examples for o in outcomes)
+    summary = (
+        f"robustness gate: {'FAILED' if failures else 'passed'} — {len(rows)} rule×term rows: "
+        f"{counts['pass']} pass, {counts['FAIL']} FAIL, {counts['skipped']} skipped; "
+        f"{examples} examples in {wall:.1f} s (profile {options.profile}, "
+        f"{options.workers or 'no'} workers, device {options.device})\n"
+        f"  target  {loss.spec}\n  metrics {metrics.spec}"
+    )
+    if not options.quiet:
+        print(_render(rows, failures))
+        print()
+    print(summary)
+
+    if options.report_json:
+        options.report_json.parent.mkdir(parents=True, exist_ok=True)
+        options.report_json.write_text(json.dumps({
+            "verdict": "fail" if failures else "pass",
+            "exit_status": verdict,
+            "target": loss.spec,
+            "metrics": metrics.spec,
+            "profile": options.profile,
+            "device": options.device,
+            "workers": options.workers,
+            "wall_seconds": round(wall, 3),
+            "examples": examples,
+            "rows": rows,
+            "tests": [asdict(o) for o in outcomes],
+        }, indent=2) + "\n")
+    return verdict
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for ``python -m robustness gate``."""
+    return run_gate(argv)
