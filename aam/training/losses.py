@@ -1,0 +1,803 @@
+"""AAM's multi-task loss: target, count, base (UniFrac / Faith PD) and nucleotide terms.
+
+Every term is robust to ragged, padded batches (see the contract, ``CONTRACT.md``):
+
+* masking is by *selection* (:func:`torch.where` before any arithmetic), so whatever a padded
+  position holds (NaN, ±inf, ``finfo.max``, out-of-range ids) reaches neither a value nor a
+  gradient;
+* a term with no valid positions is exactly 0 and still a function of its prediction;
+* shapes must match exactly (never sliced, never broadcast);
+* non-finite values at valid positions raise :class:`NonFiniteOutputError` *before* the loss is
+  computed; this check and the id-range check are the only host syncs, one per term;
+* half inputs are computed and returned in float32; sums are pre-scaled so a representable
+  mean never overflows in an intermediate.
+
+Example:
+    >>> import torch
+    >>> loss_fn = MultiTaskLoss(penalty=1.0, nuc_penalty=1.0)
+    >>> outputs = {"count_prediction": torch.zeros(2, 3, 1, requires_grad=True)}
+    >>> targets = {"counts": torch.ones(2, 3, 1), "mask": torch.tensor([[1, 1, 0], [1, 0, 0]])}
+    >>> losses = loss_fn(outputs, targets)
+    >>> losses["count_loss"].item(), losses["total_loss"].item()
+    (1.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ENCODER_TYPES",
+    "HUBER_DELTA",
+    "TARGET_LOSS_TYPES",
+    "MultiTaskLoss",
+    "NonFiniteOutputError",
+    "compute_pairwise_distances",
+]
+
+#: Regression losses ``target_loss_type`` accepts.
+TARGET_LOSS_TYPES = ("mse", "mae", "huber")
+#: ``encoder_type`` values: pairwise UniFrac ``[B, B]`` or per-sample Faith PD ``[B, 1]``.
+ENCODER_TYPES = ("unifrac", "faith_pd")
+#: Threshold between the quadratic and the linear part of the Huber loss (torch's default).
+HUBER_DELTA = 1.0
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class NonFiniteOutputError(ValueError):
+    """A prediction or truth holds NaN/±inf at a valid (non-padded) position.
+
+    Attributes:
+        term: the loss term, e.g. ``"count_loss"``.
+        key: the tensor, e.g. ``"count_prediction"``.
+        count: how many valid entries are non-finite.
+        valid: how many valid entries the tensor has.
+        index: the first bad index (a tuple).
+        value: the value found there (``nan``, ``inf`` or ``-inf``).
+    """
+
+    def __init__(
+        self,
+        term: str,
+        key: str,
+        *,
+        count: int,
+        valid: int,
+        index: tuple[int, ...],
+        value: float,
+    ) -> None:
+        self.term = term
+        self.key = key
+        self.count = count
+        self.valid = valid
+        self.index = index
+        self.value = value
+        super().__init__(
+            f"{term}: {key} has {count} non-finite value(s) at valid positions "
+            f"(of {valid} valid); first at {index} = {value}. Find where the NaN/inf comes from "
+            "(e.g. embeddings, learning rate) before computing the loss"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only fields: rebuild explicitly so the error survives pickling (xdist).
+        return (
+            _rebuild_nonfinite,
+            (self.term, self.key, self.count, self.valid, self.index, self.value),
+        )
+
+
+def _rebuild_nonfinite(
+    term: str, key: str, count: int, valid: int, index: tuple[int, ...], value: float
+) -> NonFiniteOutputError:
+    return NonFiniteOutputError(term, key, count=count, valid=valid, index=index, value=value)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument and input validation (host-side only, except the one fused sync in _check_values)
+# --------------------------------------------------------------------------------------------
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _require_tensor(term: str, key: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{term}: {key} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _require_floating(term: str, key: str, t: Tensor) -> None:
+    if not t.is_floating_point():
+        raise ValueError(
+            f"{term}: {key} must be a floating tensor, got {t.dtype}; convert it with .float()"
+        )
+
+
+def _require_integer(term: str, key: str, t: Tensor) -> None:
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(
+            f"{term}: {key} must hold integer ids, got {t.dtype}; convert it with .long()"
+        )
+
+
+def _require_real(term: str, key: str, t: Tensor) -> None:
+    if t.is_complex():
+        raise ValueError(f"{term}: {key} must be real (bool, integer or floating), got {t.dtype}")
+
+
+def _require_same_shape(term: str, a_key: str, a: Tensor, b_key: str, b: Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{term}: {b_key} shape {_shape(b)} does not match {a_key} {_shape(a)}; shapes "
+            "must be equal (no broadcasting, no slicing): reshape one of them"
+        )
+
+
+def _require_same_device(term: str, named: Sequence[tuple[str, Tensor]]) -> None:
+    devices = {t.device for _, t in named}
+    if len(devices) > 1:
+        where = ", ".join(f"{key} on {t.device}" for key, t in named)
+        raise ValueError(f"{term}: tensors must be on one device, got {where}")
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype a term is computed and returned in: the floating promotion, halves -> float32."""
+    dtype: torch.dtype | None = None
+    for t in tensors:
+        if t.is_floating_point():
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    if dtype is None or dtype in _HALF_DTYPES:
+        return torch.float32
+    return dtype
+
+
+def _validate_penalty(name: str, value: object) -> float:
+    number = math.nan
+    # Real numbers (Python, NumPy) or a one-element real tensor; never bool or str.
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+        number = float(value.detach().cpu().reshape(()))
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
+    return number
+
+
+def _validate_class_weights(value: object) -> Tensor | None:
+    if value is None:
+        return None
+    try:
+        weights = torch.as_tensor(value).detach().clone()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(
+            f"class_weights must be a 1-D tensor of finite weights >= 0, got {value!r}"
+        ) from exc
+    if weights.dtype == torch.bool or weights.is_complex():
+        raise ValueError(f"class_weights must be real numbers, got dtype {weights.dtype}")
+    if not weights.is_floating_point():
+        weights = weights.to(torch.get_default_dtype())
+    if weights.ndim != 1 or weights.numel() == 0:
+        raise ValueError(
+            "class_weights must be a non-empty 1-D tensor (one weight per class), "
+            f"got shape {_shape(weights)}"
+        )
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(
+            f"class_weights must be finite and >= 0, got class_weights={weights.tolist()}"
+        )
+    return weights
+
+
+# A check is (key, tensor, valid-or-None[, upper]): ``valid`` broadcasts against ``tensor``.
+_FiniteCheck = tuple[str, Tensor, Tensor | None]
+_IdCheck = tuple[str, Tensor, Tensor | None, int]
+
+
+def _first_bad(bad: Tensor, tensor: Tensor) -> tuple[tuple[int, ...], float]:
+    index = tuple(int(i) for i in torch.nonzero(bad)[0].tolist())
+    return index, float(tensor[index].item())
+
+
+def _valid_count(tensor: Tensor, valid: Tensor | None) -> int:
+    if valid is None:
+        return tensor.numel()
+    return int(torch.broadcast_to(valid, tensor.shape).sum().item())
+
+
+def _check_values(term: str, finite: Sequence[_FiniteCheck], ids: Sequence[_IdCheck] = ()) -> None:
+    """Raise on non-finite values or out-of-range ids at valid positions; one host sync.
+
+    Raises:
+        NonFiniteOutputError: naming the first tensor with a non-finite valid entry.
+        ValueError: naming the first id tensor with an entry outside ``[0, upper)``.
+    """
+    finite = [c for c in finite if c[1].is_floating_point()]
+    counts: list[Tensor] = []
+    finite_bad: list[Tensor] = []
+    ids_bad: list[Tensor] = []
+    with torch.no_grad():
+        for _, tensor, valid in finite:
+            bad = ~torch.isfinite(tensor)
+            finite_bad.append(bad if valid is None else bad & valid)
+            counts.append(finite_bad[-1].sum())
+        for _, tensor, valid, upper in ids:
+            # A Python bound beyond the dtype's range would wrap (uint8 >= 300 is ">= 44").
+            too_big = tensor >= upper if upper <= torch.iinfo(tensor.dtype).max else None
+            bad = tensor < 0 if too_big is None else (tensor < 0) | too_big
+            ids_bad.append(bad if valid is None else bad & valid)
+            counts.append(ids_bad[-1].sum())
+        if not counts:
+            return
+        # The one host sync of this term: every count read back together.
+        host = torch.stack(counts).tolist()
+        if not any(host):
+            return
+        for (key, tensor, valid), bad, count in zip(
+            finite, finite_bad, host[: len(finite)], strict=True
+        ):
+            if count:
+                index, value = _first_bad(bad, tensor)
+                raise NonFiniteOutputError(
+                    term,
+                    key,
+                    count=int(count),
+                    valid=_valid_count(tensor, valid),
+                    index=index,
+                    value=value,
+                )
+        for (key, tensor, valid, upper), bad, count in zip(
+            ids, ids_bad, host[len(finite) :], strict=True
+        ):
+            if count:
+                index, value = _first_bad(bad, tensor)
+                raise ValueError(
+                    f"{term}: {key} has {int(count)} id(s) outside [0, {upper}) at valid "
+                    f"positions (of {_valid_count(tensor, valid)} valid); first at {index} = "
+                    f"{int(value)}. Ids must index the last dimension of the prediction"
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# Numerics: pre-scaled means over selected positions
+# --------------------------------------------------------------------------------------------
+
+
+def _pow2_scales(n: int, *, squared: bool) -> tuple[float, float]:
+    """Pre- and post-scale for a mean over ``n >= 0`` terms counted on the host.
+
+    ``pre = 2**-k`` multiplies each term (each difference, before squaring, when ``squared``)
+    so that every partial sum stays <= the mean: a representable mean never overflows in the
+    sum. ``post = 1 / (n * pre**p)`` (``p`` = 2 when squared, else 1) lies in ``(1, 4]`` and
+    restores the mean. Power-of-two scaling is exact, so the result rounds like ``sum / n``.
+    """
+    count = max(n, 1)
+    exponent = math.frexp(count)[1]  # count < 2**exponent
+    k = (exponent + 1) // 2 if squared else exponent
+    power = 2 * k if squared else k
+    return math.ldexp(1.0, -k), math.ldexp(1.0, power) / count
+
+
+def _pow2_scales_of(count: Tensor, *, squared: bool) -> tuple[Tensor, Tensor]:
+    """:func:`_pow2_scales` for a count held in a 0-dim floating tensor (no host sync)."""
+    count = count.clamp(min=1.0)
+    exponent = torch.frexp(count).exponent
+    k = (exponent + 1) // 2 if squared else exponent
+    power = 2 * k if squared else k
+    return torch.ldexp(torch.ones_like(count), -k), torch.ldexp(1.0 / count, power)
+
+
+_Scale = Tensor | float
+
+
+def _mse(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
+    """``mean((pred - true)**2)`` of already-selected inputs, scaled by ``_pow2_scales``."""
+    diff = (pred - true) * pre
+    return (diff * diff).sum() * post
+
+
+def _mae(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
+    """``mean(|pred - true|)``, scaled by ``_pow2_scales(n, squared=False)``."""
+    # Halving is exact for normal numbers and keeps the difference finite at +-finfo.max.
+    half = (pred * 0.5 - true * 0.5).abs()
+    return (half * pre).sum() * (2.0 * post)
+
+
+def _huber(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
+    """Huber loss with ``HUBER_DELTA``, scaled by ``_pow2_scales(n, squared=False)``."""
+    # huber(d) = 0.5 * a**2 + delta * (|d| - a) with a = min(|d|, delta): no branch to select,
+    # so no unselected branch can overflow; |d| - a is written on the halved difference so
+    # that it is exactly 0 in the quadratic regime.
+    half = (pred * 0.5 - true * 0.5).abs()
+    quad = torch.clamp(half * 2.0, max=HUBER_DELTA)
+    linear = half - quad * 0.5
+    elements = quad * quad * (0.5 * pre) + linear * (2.0 * HUBER_DELTA * pre)
+    return elements.sum() * post
+
+
+# --------------------------------------------------------------------------------------------
+# Pairwise distances
+# --------------------------------------------------------------------------------------------
+
+
+def compute_pairwise_distances(embeddings: Tensor) -> Tensor:
+    """Euclidean distances between every pair of sample embeddings.
+
+    Uses direct differences (no ``|a|² + |b|² - 2ab`` cancellation), scaled by the largest
+    component so neither squares of huge values overflow nor squares of tiny ones underflow.
+    ``sqrt`` is guarded with a double :func:`torch.where`: identical rows give distance exactly
+    0 with gradient 0, rows 1e-6 apart give ~1e-6 with a non-zero gradient. NaN/inf rows give
+    non-finite distances (never a silent 0).
+
+    Args:
+        embeddings: ``[B, D]`` floating tensor, ``D >= 1``.
+
+    Returns:
+        ``[B, B]`` distances with a zero diagonal, in float32 for half inputs, else in the
+        input's dtype.
+
+    Raises:
+        TypeError: if ``embeddings`` is not a tensor.
+        ValueError: if it is not 2-D floating with at least one feature.
+    """
+    term = "compute_pairwise_distances"
+    _require_tensor(term, "embeddings", embeddings)
+    _require_floating(term, "embeddings", embeddings)
+    if embeddings.ndim != 2 or embeddings.shape[1] == 0:
+        raise ValueError(
+            f"{term}: embeddings must be [B, D] with D >= 1, got shape {_shape(embeddings)}"
+        )
+    emb = embeddings.to(_compute_dtype(embeddings))
+    diff = emb.unsqueeze(1) - emb.unsqueeze(0)  # [B, B, D]
+    scale = diff.abs().amax(dim=-1)  # [B, B]
+    # "!= 0" rather than "> 0" so a NaN scale propagates instead of becoming distance 0.
+    nonzero = scale != 0
+    safe_scale = torch.where(nonzero, scale, torch.ones_like(scale))
+    ratio = diff / safe_scale.unsqueeze(-1)
+    # When scale != 0 the largest |ratio| is 1, so the sum is >= 1: sqrt is differentiable.
+    sq = (ratio * ratio).sum(dim=-1)
+    safe_sq = torch.where(nonzero, sq, torch.ones_like(sq))
+    return torch.where(nonzero, safe_scale * torch.sqrt(safe_sq), torch.zeros_like(sq))
+
+
+# --------------------------------------------------------------------------------------------
+# The loss module
+# --------------------------------------------------------------------------------------------
+
+# forward's keys: term -> (output key, required target keys).
+_HEADS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "target_loss": ("target_prediction", ("target",)),
+    "count_loss": ("count_prediction", ("counts", "mask")),
+    "base_loss": ("base_prediction", ("base_target",)),
+    "nuc_loss": ("nuc_predictions", ("nucleotides", "nuc_mask")),
+}
+
+
+class MultiTaskLoss(nn.Module):
+    """Weighted sum of AAM's target, count, base and nucleotide losses.
+
+    ``total = target_penalty * target + count_penalty * count + penalty * base
+    + nuc_penalty * nuc``.
+
+    Args:
+        penalty: weight of the base (UniFrac / Faith PD) term.
+        nuc_penalty: weight of the nucleotide term.
+        class_weights: optional ``[K]`` non-negative finite weights for classification
+            (a buffer, so it moves with ``.to(device)``).
+        target_penalty: weight of the target term.
+        count_penalty: weight of the count term.
+        target_loss_type: regression loss, one of ``"mse"``, ``"mae"``, ``"huber"``
+            (Huber with ``delta = HUBER_DELTA``).
+
+    Raises:
+        ValueError: naming the argument and its value, for a negative or non-finite penalty,
+            class weights that are not a non-empty 1-D finite non-negative tensor, or an
+            unknown ``target_loss_type``.
+    """
+
+    class_weights: Tensor | None
+
+    def __init__(
+        self,
+        penalty: float = 1.0,
+        nuc_penalty: float = 1.0,
+        class_weights: Tensor | None = None,
+        target_penalty: float = 1.0,
+        count_penalty: float = 1.0,
+        target_loss_type: str = "mse",
+    ) -> None:
+        super().__init__()
+        self.penalty = _validate_penalty("penalty", penalty)
+        self.nuc_penalty = _validate_penalty("nuc_penalty", nuc_penalty)
+        self.target_penalty = _validate_penalty("target_penalty", target_penalty)
+        self.count_penalty = _validate_penalty("count_penalty", count_penalty)
+        if target_loss_type not in TARGET_LOSS_TYPES:
+            raise ValueError(
+                f"target_loss_type must be one of {', '.join(TARGET_LOSS_TYPES)}, "
+                f"got target_loss_type={target_loss_type!r}"
+            )
+        self.target_loss_type = target_loss_type
+        self.register_buffer("class_weights", _validate_class_weights(class_weights))
+
+    def extra_repr(self) -> str:
+        """Constructor arguments, for ``print(module)``."""
+        return (
+            f"penalty={self.penalty}, nuc_penalty={self.nuc_penalty}, "
+            f"target_penalty={self.target_penalty}, count_penalty={self.count_penalty}, "
+            f"target_loss_type={self.target_loss_type!r}"
+        )
+
+    # ---------------------------------------------------------------------------- target
+
+    def compute_target_loss(
+        self, target_pred: Tensor, target_true: Tensor, is_classifier: bool = False
+    ) -> Tensor:
+        """Regression loss (``target_loss_type``) or class-weighted NLL over log-probabilities.
+
+        Regression: ``target_pred`` and ``target_true`` of the same shape (e.g. ``[B, D]``),
+        mean over all elements. Classification: ``target_pred`` ``[B, K]`` log-probabilities,
+        ``target_true`` ``[B]`` integer class ids; with ``class_weights`` the mean is
+        ``sum(w[y] * nll) / sum(w[y])``, and exactly 0 when the selected weights sum to 0.
+
+        Returns:
+            0-dim tensor (float32 for half inputs).
+
+        Raises:
+            ValueError: on a shape mismatch (naming both shapes), non-integer or
+                out-of-range class ids, or class weights whose length is not ``K``.
+            NonFiniteOutputError: on NaN/inf in the prediction or the truth.
+        """
+        term = "target_loss"
+        pred = _require_tensor(term, "target_prediction", target_pred)
+        true = _require_tensor(term, "target", target_true)
+        _require_floating(term, "target_prediction", pred)
+        _require_same_device(term, [("target_prediction", pred), ("target", true)])
+        if is_classifier:
+            return self._classification_loss(pred, true)
+        _require_real(term, "target", true)
+        _require_same_shape(term, "target_prediction", pred, "target", true)
+        _check_values(term, [("target_prediction", pred, None), ("target", true, None)])
+        dtype = _compute_dtype(pred, true)
+        p, t = pred.to(dtype), true.to(dtype)
+        if self.target_loss_type == "mse":
+            return _mse(p, t, *_pow2_scales(pred.numel(), squared=True))
+        reduce = _mae if self.target_loss_type == "mae" else _huber
+        return reduce(p, t, *_pow2_scales(pred.numel(), squared=False))
+
+    def _classification_loss(self, pred: Tensor, ids: Tensor) -> Tensor:
+        term = "target_loss"
+        _require_integer(term, "target", ids)
+        if pred.ndim != 2 or pred.shape[1] == 0:
+            raise ValueError(
+                f"{term}: classification expects target_prediction log-probabilities [B, K] "
+                f"with K >= 1, got shape {_shape(pred)}"
+            )
+        if ids.ndim != 1 or ids.shape[0] != pred.shape[0]:
+            raise ValueError(
+                f"{term}: target shape {_shape(ids)} does not match target_prediction "
+                f"{_shape(pred)}; classification expects class ids [B] = ({pred.shape[0]},)"
+            )
+        num_classes = pred.shape[1]
+        weights = self.class_weights
+        if weights is not None and weights.shape[0] != num_classes:
+            raise ValueError(
+                f"{term}: class_weights has {weights.shape[0]} entries but target_prediction "
+                f"has K={num_classes} classes {_shape(pred)}; give one weight per class"
+            )
+        _check_values(
+            term, [("target_prediction", pred, None)], [("target", ids, None, num_classes)]
+        )
+        dtype = _compute_dtype(pred)
+        ids_long = ids.long()
+        nll = -pred.to(dtype).gather(1, ids_long.unsqueeze(1)).squeeze(1)  # [B]
+        if weights is None:
+            pre, post = _pow2_scales(nll.shape[0], squared=False)
+            return (nll * pre).sum() * post
+        weights = weights.to(pred.device)
+        # Normalise by the largest weight first so sum(w[y]) cannot overflow for huge weights.
+        top = weights.amax()
+        weights = (weights / torch.where(top > 0, top, torch.ones_like(top))).to(dtype)
+        selected = weights[ids_long]
+        total = selected.sum()
+        has_weight = total > 0
+        # C-WEIGHT-1: a safe denominator, then select 0, so all-zero weights give 0 (not 0/0).
+        denom = torch.where(has_weight, total, torch.ones_like(total))
+        loss = ((selected / denom) * nll).sum()
+        return torch.where(has_weight, loss, torch.zeros_like(loss))
+
+    # ---------------------------------------------------------------------------- count
+
+    def compute_count_loss(self, count_pred: Tensor, count_true: Tensor, mask: Tensor) -> Tensor:
+        """MSE over real (non-padding) ASVs.
+
+        Args:
+            count_pred: ``[B, A, 1]`` predicted counts.
+            count_true: ``[B, A, 1]`` true counts.
+            mask: ``[B, A]`` bool/int/float; an ASV is valid where ``mask != 0``.
+
+        Returns:
+            0-dim tensor; exactly 0 (and connected to ``count_pred``) with no valid ASV.
+
+        Raises:
+            ValueError: on a shape mismatch, naming both shapes.
+            NonFiniteOutputError: on NaN/inf at a valid ASV of the prediction or the truth.
+        """
+        term = "count_loss"
+        pred = _require_tensor(term, "count_prediction", count_pred)
+        true = _require_tensor(term, "counts", count_true)
+        mask = _require_tensor(term, "mask", mask)
+        _require_floating(term, "count_prediction", pred)
+        _require_real(term, "counts", true)
+        _require_real(term, "mask", mask)
+        if pred.ndim != 3 or pred.shape[-1] != 1:
+            raise ValueError(
+                f"{term}: count_prediction must be [B, A, 1], got shape {_shape(pred)}"
+            )
+        _require_same_shape(term, "count_prediction", pred, "counts", true)
+        if mask.shape != pred.shape[:-1]:
+            raise ValueError(
+                f"{term}: mask shape {_shape(mask)} does not match count_prediction "
+                f"{_shape(pred)}; expected mask [B, A] = {_shape(pred)[:-1]}"
+            )
+        _require_same_device(term, [("count_prediction", pred), ("counts", true), ("mask", mask)])
+        valid = (mask != 0).unsqueeze(-1)
+        _check_values(term, [("count_prediction", pred, valid), ("counts", true, valid)])
+        dtype = _compute_dtype(pred, true)
+        p = torch.where(valid, pred.to(dtype), 0.0)
+        t = torch.where(valid, true.to(dtype), 0.0)
+        return _mse(p, t, *_pow2_scales_of(valid.sum().to(dtype), squared=True))
+
+    # ---------------------------------------------------------------------------- base
+
+    def compute_base_loss(
+        self, base_pred: Tensor, base_true: Tensor, encoder_type: str = "unifrac"
+    ) -> Tensor:
+        """MSE between predicted and true UniFrac distances (or Faith PD values).
+
+        Args:
+            base_pred: ``[B, B]`` pairwise distances (unifrac; the diagonal is ignored and may
+                hold anything) or ``[B, 1]`` (faith_pd).
+            base_true: same shape as ``base_pred``.
+            encoder_type: ``"unifrac"`` or ``"faith_pd"``.
+
+        Returns:
+            0-dim tensor; 0 for unifrac with ``B = 1`` (no off-diagonal pair).
+
+        Raises:
+            ValueError: on an unknown ``encoder_type`` or a shape mismatch (both shapes named).
+            NonFiniteOutputError: on NaN/inf at a valid entry of the prediction or the truth.
+        """
+        return self._base_loss(base_pred, base_true, encoder_type, "base_prediction")
+
+    def _base_loss(
+        self,
+        base_pred: Tensor,
+        base_true: Tensor,
+        encoder_type: str,
+        pred_key: str,
+        source: tuple[str, Tensor] | None = None,
+    ) -> Tensor:
+        term = "base_loss"
+        _validate_encoder_type(encoder_type)
+        pred = _require_tensor(term, pred_key, base_pred)
+        true = _require_tensor(term, "base_target", base_true)
+        _require_floating(term, pred_key, pred)
+        _require_real(term, "base_target", true)
+        _require_same_device(term, [(pred_key, pred), ("base_target", true)])
+        sources: list[_FiniteCheck] = [] if source is None else [(source[0], source[1], None)]
+        dtype = _compute_dtype(pred, true)
+        if encoder_type == "faith_pd":
+            if pred.ndim != 2 or pred.shape[1] != 1 or pred.shape != true.shape:
+                raise ValueError(
+                    f"{term}: faith_pd expects {pred_key} and base_target [B, 1], got "
+                    f"{pred_key} {_shape(pred)} and base_target {_shape(true)}"
+                )
+            _check_values(term, [*sources, (pred_key, pred, None), ("base_target", true, None)])
+            scales = _pow2_scales(pred.shape[0], squared=True)
+            return _mse(pred.to(dtype), true.to(dtype), *scales)
+        if pred.ndim != 2 or pred.shape[0] != pred.shape[1] or pred.shape != true.shape:
+            raise ValueError(
+                f"{term}: {pred_key} shape {_shape(pred)} does not match base_target "
+                f"{_shape(true)}; unifrac expects pairwise distances [B, B] for both (no "
+                "slicing: give a full [B, B] prediction, e.g. from the batch's embeddings)"
+            )
+        size = pred.shape[0]
+        # Off-diagonal entries only: the diagonal of a predicted distance matrix is padding.
+        valid = ~torch.eye(size, dtype=torch.bool, device=pred.device)
+        _check_values(term, [*sources, (pred_key, pred, valid), ("base_target", true, valid)])
+        p = torch.where(valid, pred.to(dtype), 0.0)
+        t = torch.where(valid, true.to(dtype), 0.0)
+        return _mse(p, t, *_pow2_scales(size * (size - 1), squared=True))
+
+    # ---------------------------------------------------------------------------- nucleotide
+
+    def compute_nucleotide_loss(self, nuc_pred: Tensor, nuc_true: Tensor, mask: Tensor) -> Tensor:
+        """Cross-entropy over real sequence positions.
+
+        Args:
+            nuc_pred: ``[B, A, L, V]`` logits.
+            nuc_true: ``[B, A, L]`` integer nucleotide ids in ``[0, V)`` at valid positions
+                (anything, e.g. ``-100``, at padded ones).
+            mask: ``[B, A, L]`` bool/int/float; a position is valid where ``mask != 0``.
+
+        Returns:
+            0-dim tensor (log-softmax in float32 or wider); exactly 0 with no valid position.
+
+        Raises:
+            ValueError: on a shape mismatch (both shapes named), non-integer ids, or ids
+                outside ``[0, V)`` at valid positions.
+            NonFiniteOutputError: on NaN/inf logits at a valid position.
+        """
+        term = "nuc_loss"
+        logits = _require_tensor(term, "nuc_predictions", nuc_pred)
+        ids = _require_tensor(term, "nucleotides", nuc_true)
+        mask = _require_tensor(term, "nuc_mask", mask)
+        _require_floating(term, "nuc_predictions", logits)
+        _require_integer(term, "nucleotides", ids)
+        _require_real(term, "nuc_mask", mask)
+        if logits.ndim != 4 or logits.shape[-1] == 0:
+            raise ValueError(
+                f"{term}: nuc_predictions must be logits [B, A, L, V] with V >= 1, got shape "
+                f"{_shape(logits)}"
+            )
+        expected = _shape(logits)[:-1]
+        if ids.shape != logits.shape[:-1]:
+            raise ValueError(
+                f"{term}: nucleotides shape {_shape(ids)} does not match nuc_predictions "
+                f"{_shape(logits)}; expected [B, A, L] = {expected}"
+            )
+        if mask.shape != logits.shape[:-1]:
+            raise ValueError(
+                f"{term}: nuc_mask shape {_shape(mask)} does not match nuc_predictions "
+                f"{_shape(logits)}; expected [B, A, L] = {expected}"
+            )
+        _require_same_device(
+            term, [("nuc_predictions", logits), ("nucleotides", ids), ("nuc_mask", mask)]
+        )
+        vocab = logits.shape[-1]
+        valid = mask != 0
+        _check_values(
+            term,
+            [("nuc_predictions", logits, valid.unsqueeze(-1))],
+            [("nucleotides", ids, valid, vocab)],
+        )
+        dtype = _compute_dtype(logits)
+        # Double where: sanitise logits and ids at padded positions *before* log_softmax and
+        # gather, so garbage there yields neither NaN values nor NaN gradients.
+        safe_logits = torch.where(valid.unsqueeze(-1), logits.to(dtype), 0.0)
+        safe_ids = torch.where(valid, ids.long(), 0)
+        log_probs = F.log_softmax(safe_logits, dim=-1)
+        nll = -log_probs.gather(-1, safe_ids.unsqueeze(-1)).squeeze(-1)
+        pre, post = _pow2_scales_of(valid.sum().to(dtype), squared=False)
+        return (torch.where(valid, nll, 0.0) * pre).sum() * post
+
+    # ---------------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        outputs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+        is_classifier: bool = False,
+        encoder_type: str = "unifrac",
+    ) -> dict[str, Tensor]:
+        """Compute every term and the weighted total.
+
+        Args:
+            outputs: model outputs: ``target_prediction``, ``count_prediction``,
+                ``base_prediction``, ``nuc_predictions`` and optionally ``embeddings``
+                ``[B, D]`` (with unifrac the base prediction is then
+                ``compute_pairwise_distances(embeddings)``). An absent head contributes 0.
+            targets: ``target``, ``counts``, ``mask``, ``base_target``, ``nucleotides``,
+                ``nuc_mask``, as the present heads need.
+            is_classifier: treat the target head as classification (NLL).
+            encoder_type: ``"unifrac"`` or ``"faith_pd"``.
+
+        Returns:
+            ``{"target_loss", "count_loss", "base_loss", "nuc_loss", "total_loss"}``, each a
+            0-dim tensor.
+
+        Raises:
+            TypeError: if ``outputs`` or ``targets`` is not a mapping.
+            ValueError: if a present head's target or mask is missing (naming the term and
+                the key), on an unknown ``encoder_type``, or any error of the ``compute_*``
+                methods.
+            NonFiniteOutputError: on NaN/inf at a valid position.
+        """
+        for name, value in (("outputs", outputs), ("targets", targets)):
+            if not isinstance(value, Mapping):
+                raise TypeError(
+                    f"MultiTaskLoss: {name} must be a dict of tensors, got {type(value).__name__}"
+                )
+        _validate_encoder_type(encoder_type)
+        use_embeddings = encoder_type == "unifrac" and "embeddings" in outputs
+        present = {
+            term: key in outputs or (term == "base_loss" and use_embeddings)
+            for term, (key, _) in _HEADS.items()
+        }
+        for term, (key, needed) in _HEADS.items():
+            given = "embeddings" if term == "base_loss" and use_embeddings else key
+            for target_key in needed:
+                if present[term] and target_key not in targets:
+                    raise ValueError(
+                        f"{term}: outputs has {given!r} but targets lacks {target_key!r}; "
+                        f"pass targets[{target_key!r}] or drop the head"
+                    )
+        zero = self._zero(outputs)
+        losses = {term: zero for term in _HEADS}
+        if present["target_loss"]:
+            losses["target_loss"] = self.compute_target_loss(
+                outputs["target_prediction"], targets["target"], is_classifier
+            )
+        if present["count_loss"]:
+            losses["count_loss"] = self.compute_count_loss(
+                outputs["count_prediction"], targets["counts"], targets["mask"]
+            )
+        if use_embeddings:
+            embeddings = _require_tensor("base_loss", "embeddings", outputs["embeddings"])
+            losses["base_loss"] = self._base_loss(
+                compute_pairwise_distances(embeddings),
+                targets["base_target"],
+                encoder_type,
+                "base_prediction (pairwise distances of embeddings)",
+                source=("embeddings", embeddings),
+            )
+        elif present["base_loss"]:
+            losses["base_loss"] = self.compute_base_loss(
+                outputs["base_prediction"], targets["base_target"], encoder_type
+            )
+        if present["nuc_loss"]:
+            losses["nuc_loss"] = self.compute_nucleotide_loss(
+                outputs["nuc_predictions"], targets["nucleotides"], targets["nuc_mask"]
+            )
+        losses["total_loss"] = self._total(losses)
+        return losses
+
+    def _total(self, losses: Mapping[str, Tensor]) -> Tensor:
+        """Penalty-weighted sum in which a zero penalty removes its term.
+
+        ``0 * term`` would turn a term that overflowed to inf into NaN (and its gradient
+        into NaN too), so zero-penalty terms are left out instead of multiplied by 0. When
+        every penalty is 0 the total is an exact 0 that is still connected to the graph
+        (``torch.where`` passes a zero gradient to the branch it did not take, even an inf).
+        """
+        weighted = [
+            weight * losses[term]
+            for term, weight in (
+                ("target_loss", self.target_penalty),
+                ("count_loss", self.count_penalty),
+                ("base_loss", self.penalty),
+                ("nuc_loss", self.nuc_penalty),
+            )
+            if weight != 0.0
+        ]
+        if not weighted:
+            total = losses["target_loss"]
+            return torch.where(torch.zeros_like(total, dtype=torch.bool), total, 0.0)
+        total = weighted[0]
+        for term in weighted[1:]:
+            total = total + term
+        return total
+
+    @staticmethod
+    def _zero(outputs: Mapping[str, object]) -> Tensor:
+        """Exact 0 for an absent head, on the outputs' device and in their compute dtype."""
+        tensors = [v for v in outputs.values() if isinstance(v, Tensor)]
+        floating = [t for t in tensors if t.is_floating_point()]
+        device = tensors[0].device if tensors else None
+        return torch.zeros((), dtype=_compute_dtype(*floating), device=device)
+
+
+def _validate_encoder_type(encoder_type: object) -> None:
+    if encoder_type not in ENCODER_TYPES:
+        raise ValueError(
+            f"base_loss: encoder_type must be one of {', '.join(ENCODER_TYPES)}, "
+            f"got encoder_type={encoder_type!r}"
+        )
