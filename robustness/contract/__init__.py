@@ -1,0 +1,1 @@
+"""The packaged contract suite: pytest modules, one test per rule (and term), run by the gate."""

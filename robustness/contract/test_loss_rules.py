@@ -1,0 +1,411 @@
+"""The packaged loss contract suite: every loss rule of the contract but C-WEIGHTS-1.
+
+Each test draws batches with the harness's strategies and hands them, on the device under test,
+to the rule's check (``robustness.properties._losses``), which raises ``ContractViolation`` with
+a repro file. Per-term rules are parametrized over the term; the batches carry every head, so a
+term is always computed beside the others (the historical NaN came from such an interaction).
+The historical failures are explicit examples: remainder batches (B = 3 and B = 1 after a full
+batch), all-padding masks, duplicate embeddings and NaN garbage at padded positions. Example
+budgets come from the Hypothesis profile (dev / ci / thorough), never from a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from robustness.properties._losses import (
+    LOSS_INPUT_CASES,
+    LOSS_SHAPE_CASES,
+    LOSS_TERMS,
+    check_device_agreement,
+    check_empty_terms,
+    check_finite_gradients,
+    check_finite_values,
+    check_half_precision,
+    check_invalid_inputs,
+    check_invariants,
+    check_mask_gradients,
+    check_mask_values,
+    check_nonfinite_detection,
+    check_padding_invariance,
+    check_pairwise_distances,
+    check_purity,
+    check_ragged_batches,
+    check_reference_values,
+    check_scalar_terms,
+    check_shape_mismatch,
+    check_zero_class_weights,
+)
+from robustness.strategies import MultiTaskBatch, multitask_batches
+
+PER_HEAD = ("target_loss", "count_loss", "base_loss", "nuc_loss")
+EMPTIABLE = ("count_loss", "base_loss", "nuc_loss", "total_loss")
+HALVES = st.sampled_from([torch.float16, torch.bfloat16])
+
+# Batches with every head; ordinary values, or finite extremes of the dtype.
+ORDINARY = multitask_batches(allow_noncontiguous=True)
+FINITE = multitask_batches(allow_noncontiguous=True) | multitask_batches(kind="extreme")
+
+
+# --------------------------------------------------------------------------- historical batches
+
+
+def _full_batch(
+    size: int,
+    *,
+    asvs: int = 3,
+    length: int = 4,
+    vocab: int = 4,
+    classifier: bool = False,
+    embeddings: torch.Tensor | None = None,
+    empty: bool = False,
+    garbage: float | None = None,
+    scale: float = 1.0,
+    seed: int = 0,
+) -> MultiTaskBatch:
+    """A float32 batch with every head, ragged trailing padding and fixed values."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return scale * torch.randn(*shape, generator=gen)
+
+    asv_len = torch.arange(size) % (asvs + 1)  # sample i has i mod (A+1) ASVs: 0 included
+    mask = torch.arange(asvs) < asv_len[:, None]
+    pos_len = (torch.arange(size * asvs).reshape(size, asvs) % length) + 1
+    nuc_mask = (torch.arange(length) < pos_len[..., None]) & mask[..., None]
+    if empty:
+        mask, nuc_mask = torch.zeros_like(mask), torch.zeros_like(nuc_mask)
+    upper = randn(size, size).abs().triu(1)
+    outputs: dict[str, torch.Tensor] = {
+        "count_prediction": randn(size, asvs, 1),
+        "nuc_predictions": randn(size, asvs, length, vocab),
+    }
+    targets: dict[str, torch.Tensor] = {
+        "counts": randn(size, asvs, 1),
+        "mask": mask,
+        "base_target": upper + upper.T,
+        "nucleotides": torch.where(
+            nuc_mask, torch.randint(0, vocab, (size, asvs, length), generator=gen), -100
+        ),
+        "nuc_mask": nuc_mask.to(torch.int64),
+    }
+    padded = {
+        "count_prediction": ~mask[..., None],
+        "nuc_predictions": (~nuc_mask)[..., None].expand(size, asvs, length, vocab).clone(),
+    }
+    if classifier:
+        outputs["target_prediction"] = torch.log_softmax(randn(size, 3) / scale, dim=-1)
+        targets["target"] = torch.arange(size) % 3
+    else:
+        outputs["target_prediction"] = randn(size, 2)
+        targets["target"] = randn(size, 2)
+    padded["target_prediction"] = torch.zeros(outputs["target_prediction"].shape, dtype=torch.bool)
+    if embeddings is None:
+        outputs["base_prediction"] = randn(size, size)
+        padded["base_prediction"] = torch.eye(size, dtype=torch.bool)
+    else:
+        outputs["embeddings"] = embeddings
+        padded["embeddings"] = torch.zeros(embeddings.shape, dtype=torch.bool)
+    batch = MultiTaskBatch(
+        outputs=outputs,
+        targets=targets,
+        padded=padded,
+        is_classifier=classifier,
+        loss_kwargs={"penalty": 1.0, "nuc_penalty": 0.5},
+    )
+    return batch if garbage is None else batch.with_garbage(garbage)
+
+
+# A remainder batch (B=3 after B=4) and a single-sample one: the slicing bug's inputs.
+REMAINDER = _full_batch(3)
+SINGLE = _full_batch(1, seed=1)
+# No valid ASV or sequence position anywhere.
+ALL_PADDING = _full_batch(3, empty=True, seed=2)
+# Rows 0 and 2 identical, row 1 a 1e-6 near-duplicate of row 0.
+_EMB = torch.tensor([[0.5, -1.0, 2.0], [0.5 + 1e-6, -1.0, 2.0], [0.5, -1.0, 2.0], [3.0, 0.0, 1.0]])
+DUPLICATES = _full_batch(4, embeddings=_EMB, classifier=True, seed=3)
+# NaN where the model's outputs are padding.
+NAN_PADDING = _full_batch(4, garbage=math.nan, seed=4)
+
+
+def _on(batch: MultiTaskBatch, device: str) -> MultiTaskBatch:
+    return batch.to(device)
+
+
+# --------------------------------------------------------------------------- C-SCALAR-1
+
+
+@pytest.mark.rule("C-SCALAR-1")
+@pytest.mark.parametrize("term", LOSS_TERMS)
+@given(batch=ORDINARY)
+@example(batch=REMAINDER)
+@example(batch=SINGLE)
+@example(batch=ALL_PADDING)
+def test_every_term_is_a_0_dim_float(loss_target, contract_device, term, batch):
+    check_scalar_terms(loss_target, _on(batch, contract_device), term=term)
+
+
+# --------------------------------------------------------------------------- C-FINITE-1/2
+
+
+@pytest.mark.rule("C-FINITE-1")
+@pytest.mark.parametrize("term", LOSS_TERMS)
+@given(batch=FINITE)
+@example(batch=ALL_PADDING)
+@example(batch=DUPLICATES)
+def test_finite_inputs_give_finite_values(loss_target, contract_device, term, batch):
+    check_finite_values(loss_target, _on(batch, contract_device), term=term)
+
+
+@pytest.mark.rule("C-FINITE-2")
+@pytest.mark.parametrize("term", LOSS_TERMS)
+@given(batch=FINITE)
+@example(batch=ALL_PADDING)
+@example(batch=DUPLICATES)
+@example(batch=SINGLE)
+def test_finite_inputs_give_finite_gradients(loss_target, contract_device, term, batch):
+    check_finite_gradients(loss_target, _on(batch, contract_device), term=term)
+
+
+# --------------------------------------------------------------------------- C-MASK-1/2
+
+
+@pytest.mark.rule("C-MASK-1")
+@pytest.mark.parametrize("term", LOSS_TERMS)
+@given(batch=ORDINARY)
+@example(batch=NAN_PADDING)
+@example(batch=REMAINDER)
+def test_garbage_at_padding_never_changes_a_value(loss_target, contract_device, term, batch):
+    check_mask_values(loss_target, _on(batch, contract_device), term=term)
+
+
+@pytest.mark.rule("C-MASK-2")
+@pytest.mark.parametrize("term", LOSS_TERMS)
+@given(batch=ORDINARY)
+@example(batch=NAN_PADDING)
+@example(batch=REMAINDER)
+def test_garbage_at_padding_gets_exactly_zero_gradient(loss_target, contract_device, term, batch):
+    check_mask_gradients(loss_target, _on(batch, contract_device), term=term)
+
+
+# --------------------------------------------------------------------------- C-PAD-1
+
+
+@pytest.mark.rule("C-PAD-1")
+@pytest.mark.parametrize("term", ["count_loss", "nuc_loss", "total_loss"])
+@given(
+    batch=ORDINARY | multitask_batches(terms=("count", "nuc")),
+    extra_asvs=st.integers(0, 3),
+    extra_len=st.integers(0, 3),
+    extra_rows=st.integers(0, 2),
+)
+@example(batch=NAN_PADDING, extra_asvs=2, extra_len=2, extra_rows=1)
+@example(batch=ALL_PADDING, extra_asvs=1, extra_len=0, extra_rows=0)
+def test_more_padding_never_changes_a_value(
+    loss_target, contract_device, term, batch, extra_asvs, extra_len, extra_rows
+):
+    check_padding_invariance(
+        loss_target,
+        _on(batch, contract_device),
+        term=term,
+        extra_asvs=extra_asvs,
+        extra_len=extra_len,
+        extra_rows=extra_rows,
+    )
+
+
+# --------------------------------------------------------------------------- C-EMPTY-1
+
+
+@pytest.mark.rule("C-EMPTY-1")
+@pytest.mark.parametrize("term", EMPTIABLE)
+@given(batch=multitask_batches(encoder_type="unifrac"))
+@example(batch=ALL_PADDING)
+@example(batch=DUPLICATES)
+def test_empty_terms_are_zero_and_connected(loss_target, contract_device, term, batch):
+    check_empty_terms(loss_target, _on(batch, contract_device), term=term)
+
+
+# --------------------------------------------------------------------------- C-RAGGED-1
+
+
+@pytest.mark.rule("C-RAGGED-1")
+@pytest.mark.parametrize("term", LOSS_TERMS)
+@given(batch=ORDINARY)
+@example(batch=REMAINDER)
+@example(batch=_full_batch(4, seed=5))
+@example(batch=DUPLICATES)
+def test_every_batch_size_works(loss_target, contract_device, term, batch):
+    check_ragged_batches(loss_target, _on(batch, contract_device), term=term)
+
+
+# --------------------------------------------------------------------------- C-SHAPE-1
+
+
+@pytest.mark.rule("C-SHAPE-1")
+@pytest.mark.parametrize(
+    ("term", "case"), [(spec.term, name) for name, spec in LOSS_SHAPE_CASES.items()]
+)
+@given(data=st.data())
+def test_mismatched_shapes_raise_value_error(loss_target, contract_device, term, case, data):
+    batch = data.draw(multitask_batches(**LOSS_SHAPE_CASES[case].options), label="batch")
+    check_shape_mismatch(loss_target, _on(batch, contract_device), term=term, case=case)
+
+
+@pytest.mark.rule("C-SHAPE-1", term="base_loss")
+@pytest.mark.parametrize("batch", [REMAINDER, SINGLE], ids=["B=3", "B=1"])
+def test_remainder_batch_base_prediction_is_never_sliced(loss_target, contract_device, batch):
+    # The historical bug: a [B, B+1] prediction silently sliced to the [B, B] target.
+    check_shape_mismatch(
+        loss_target, _on(batch, contract_device), term="base_loss", case="base_columns"
+    )
+
+
+# --------------------------------------------------------------------------- C-INPUT-1
+
+
+@pytest.mark.rule("C-INPUT-1")
+@pytest.mark.parametrize(
+    ("term", "case"), [(spec.term, name) for name, spec in LOSS_INPUT_CASES.items()]
+)
+@given(data=st.data())
+def test_invalid_values_raise_value_error(loss_target, contract_device, term, case, data):
+    batch = data.draw(multitask_batches(**LOSS_INPUT_CASES[case].options), label="batch")
+    check_invalid_inputs(loss_target, _on(batch, contract_device), term=term, case=case)
+
+
+# --------------------------------------------------------------------------- C-NONFINITE-1
+
+
+@pytest.mark.rule("C-NONFINITE-1")
+@pytest.mark.parametrize("term", PER_HEAD)
+@given(batch=multitask_batches(min_batch=2, allow_noncontiguous=True), bad=st.integers(1, 4))
+@example(batch=REMAINDER, bad=1)
+@example(batch=DUPLICATES, bad=3)
+@example(batch=ALL_PADDING, bad=2)
+def test_nonfinite_valid_predictions_raise_a_telling_error(
+    loss_target, contract_device, term, batch, bad
+):
+    check_nonfinite_detection(loss_target, _on(batch, contract_device), term=term, bad=bad)
+
+
+# --------------------------------------------------------------------------- C-WEIGHT-1
+
+
+@pytest.mark.rule("C-WEIGHT-1", term="target_loss")
+@given(batch=multitask_batches(terms=("target",), classifier=True))
+@example(batch=DUPLICATES)
+def test_zero_selected_class_weights_give_zero(loss_target, contract_device, batch):
+    check_zero_class_weights(loss_target, _on(batch, contract_device), term="target_loss")
+
+
+# --------------------------------------------------------------------------- C-REF-1
+
+
+@pytest.mark.rule("C-REF-1")
+@pytest.mark.parametrize("term", LOSS_TERMS)
+@given(batch=FINITE)
+@example(batch=REMAINDER)
+@example(batch=DUPLICATES)
+@example(batch=NAN_PADDING)
+def test_terms_match_the_float64_reference(loss_target, contract_device, term, batch):
+    check_reference_values(loss_target, _on(batch, contract_device), term=term)
+
+
+# --------------------------------------------------------------------------- C-DIST-1
+
+
+_EMBEDDED = multitask_batches(terms=("base",), encoder_type="unifrac", embeddings=True)
+
+
+@pytest.mark.rule("C-DIST-1", term="base_loss")
+@given(
+    batch=_EMBEDDED
+    | multitask_batches(terms=("base",), encoder_type="unifrac", embeddings=True, kind="extreme")
+)
+@example(batch=DUPLICATES)
+def test_pairwise_distances_match_the_float64_reference(loss_target, contract_device, batch):
+    check_pairwise_distances(loss_target, _on(batch, contract_device), term="base_loss")
+
+
+# --------------------------------------------------------------------------- C-DTYPE-1
+
+
+def _as_half(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """The float16 version of a hand-built float32 batch (ids, masks and weights unchanged)."""
+    return dataclasses.replace(
+        batch,
+        outputs={k: v.detach().half() for k, v in batch.outputs.items()},
+        targets={
+            k: v.half() if v.is_floating_point() and k not in ("mask", "nuc_mask") else v
+            for k, v in batch.targets.items()
+        },
+    )
+
+
+# Values of a few hundred: their squares overflow float16 (max 65504), not float32.
+HALF_SQUARES = _as_half(_full_batch(3, scale=300.0, seed=6))
+
+
+@pytest.mark.rule("C-DTYPE-1")
+@pytest.mark.parametrize("term", LOSS_TERMS)
+@given(batch=multitask_batches(dtype=HALVES) | multitask_batches(dtype=HALVES, kind="extreme"))
+@example(batch=HALF_SQUARES)
+def test_half_inputs_accumulate_in_float32(loss_target, contract_device, term, batch):
+    check_half_precision(loss_target, _on(batch, contract_device), term=term)
+
+
+# --------------------------------------------------------------------------- C-DEVICE-1
+
+
+@pytest.fixture
+def other_device(contract_device):
+    """The device C-DEVICE-1 compares with cpu (the cpu parameter has nothing to compare)."""
+    if contract_device == "cpu":
+        pytest.skip("C-DEVICE-1 compares another device with cpu; cpu alone has nothing to compare")
+    return contract_device
+
+
+@pytest.mark.rule("C-DEVICE-1")
+@pytest.mark.parametrize("term", LOSS_TERMS)
+@given(batch=ORDINARY)
+@example(batch=REMAINDER)
+@example(batch=DUPLICATES)
+def test_device_results_equal_cpu_results(loss_target, other_device, term, batch):
+    check_device_agreement(loss_target, batch, term=term, device=other_device)
+
+
+# --------------------------------------------------------------------------- C-INVARIANT-1
+
+
+@pytest.mark.rule("C-INVARIANT-1")
+@pytest.mark.parametrize("term", LOSS_TERMS)
+@given(data=st.data())
+def test_terms_are_nonnegative_permutation_invariant_and_sum_to_the_total(
+    loss_target, contract_device, term, data
+):
+    batch = data.draw(
+        st.sampled_from([REMAINDER, DUPLICATES, NAN_PADDING]) | ORDINARY, label="batch"
+    )
+    order = data.draw(st.permutations(range(batch.batch_size)), label="permutation")
+    check_invariants(loss_target, _on(batch, contract_device), term=term, permutation=order)
+
+
+# --------------------------------------------------------------------------- C-PURE-1
+
+
+@pytest.mark.rule("C-PURE-1")
+@pytest.mark.parametrize("term", LOSS_TERMS)
+@given(batch=ORDINARY)
+@example(batch=NAN_PADDING)
+@example(batch=DUPLICATES)
+def test_losses_never_modify_inputs_or_detach_predictions(
+    loss_target, contract_device, term, batch
+):
+    check_purity(loss_target, _on(batch, contract_device), term=term)

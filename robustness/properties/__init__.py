@@ -1,0 +1,93 @@
+"""One check per contract rule, usable from any test (re-exports only).
+
+Each ``check_*`` raises :class:`robustness.errors.ContractViolation` carrying the rule id,
+the term or metric, and a readable description of the minimal input. Loss rules live in
+``_losses``, metric and streaming rules in ``_metrics``, end-to-end weight safety in
+``_weights``.
+"""
+
+from __future__ import annotations
+
+from robustness.properties._losses import (
+    GARBAGE_FILLS,
+    LOSS_CHECKS,
+    LOSS_INPUT_CASES,
+    LOSS_SHAPE_CASES,
+    LOSS_TERMS,
+    check_device_agreement,
+    check_empty_terms,
+    check_finite_gradients,
+    check_finite_values,
+    check_half_precision,
+    check_invalid_inputs,
+    check_invariants,
+    check_mask_gradients,
+    check_mask_values,
+    check_nonfinite_detection,
+    check_padding_invariance,
+    check_pairwise_distances,
+    check_purity,
+    check_ragged_batches,
+    check_reference_values,
+    check_scalar_terms,
+    check_shape_mismatch,
+    check_zero_class_weights,
+)
+from robustness.properties._metrics import (
+    INPUT_CASES,
+    METRIC_FAMILIES,
+    check_metric_edge_cases,
+    check_metric_input_validation,
+    check_metric_reference,
+    check_stream_merge,
+    check_stream_partition,
+    check_stream_stability,
+    check_stream_vectorized,
+)
+from robustness.properties._weights import (
+    OPTIMIZERS,
+    RULE,
+    check_nonfinite_batch_leaves_weights_unchanged,
+    check_weights_stay_finite,
+    make_optimizer,
+)
+
+__all__ = [
+    "GARBAGE_FILLS",
+    "INPUT_CASES",
+    "LOSS_CHECKS",
+    "LOSS_INPUT_CASES",
+    "LOSS_SHAPE_CASES",
+    "LOSS_TERMS",
+    "METRIC_FAMILIES",
+    "OPTIMIZERS",
+    "RULE",
+    "check_device_agreement",
+    "check_empty_terms",
+    "check_finite_gradients",
+    "check_finite_values",
+    "check_half_precision",
+    "check_invalid_inputs",
+    "check_invariants",
+    "check_mask_gradients",
+    "check_mask_values",
+    "check_metric_edge_cases",
+    "check_metric_input_validation",
+    "check_metric_reference",
+    "check_nonfinite_batch_leaves_weights_unchanged",
+    "check_nonfinite_detection",
+    "check_padding_invariance",
+    "check_pairwise_distances",
+    "check_purity",
+    "check_ragged_batches",
+    "check_reference_values",
+    "check_scalar_terms",
+    "check_shape_mismatch",
+    "check_stream_merge",
+    "check_stream_partition",
+    "check_stream_stability",
+    "check_stream_vectorized",
+    "check_weights_stay_finite",
+    "check_zero_class_weights",
+    "make_optimizer",
+]

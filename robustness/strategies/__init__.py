@@ -1,0 +1,74 @@
+"""Hypothesis strategies for the contract's input space (re-exports only).
+
+The code lives in private topic modules: ``_tensors`` (dtypes, float elements, tensors,
+non-contiguous views, masks), ``_batches`` (multi-task loss batches, embeddings) and
+``_metric_data`` (metric inputs, imbalanced classes, ragged streaming partitions).
+"""
+
+from __future__ import annotations
+
+from robustness.strategies._batches import (
+    ENCODER_TYPES,
+    OUTPUT_KEYS,
+    TARGET_LOSS_TYPES,
+    TERMS,
+    MultiTaskBatch,
+    embeddings,
+    multitask_batches,
+    term_name,
+)
+from robustness.strategies._metric_data import (
+    METRIC_DTYPES,
+    REGRESSION_KINDS,
+    ClassificationData,
+    CountData,
+    Partition,
+    RegressionData,
+    classification_data,
+    count_data,
+    partitioned,
+    partitions,
+    regression_data,
+)
+from robustness.strategies._tensors import (
+    FLOAT_DTYPES,
+    KINDS,
+    MASK_DTYPES,
+    MASK_PATTERNS,
+    dtypes,
+    float_elements,
+    masks,
+    noncontiguous,
+    tensors,
+)
+
+__all__ = [
+    "ENCODER_TYPES",
+    "FLOAT_DTYPES",
+    "KINDS",
+    "MASK_DTYPES",
+    "MASK_PATTERNS",
+    "METRIC_DTYPES",
+    "OUTPUT_KEYS",
+    "REGRESSION_KINDS",
+    "TARGET_LOSS_TYPES",
+    "TERMS",
+    "ClassificationData",
+    "CountData",
+    "MultiTaskBatch",
+    "Partition",
+    "RegressionData",
+    "classification_data",
+    "count_data",
+    "dtypes",
+    "embeddings",
+    "float_elements",
+    "masks",
+    "multitask_batches",
+    "noncontiguous",
+    "partitioned",
+    "partitions",
+    "regression_data",
+    "tensors",
+    "term_name",
+]
