@@ -33,8 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from robustness.selftest import run_selftest
 
         return run_selftest(rest)
-    print(f"robustness: error: unknown command {command!r} (choose gate, replay or selftest)",
-          file=sys.stderr)
+    print(
+        f"robustness: error: unknown command {command!r} (choose gate, replay or selftest)",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -131,7 +131,7 @@ class ReplaySpec:
         return cls(qualified_name(check), kind, to_plain(args))
 
 
-class ContractViolation(AssertionError):  # noqa: N818 - "violation" reads better than "...Error"
+class ContractViolation(AssertionError):
     """A rule of the contract does not hold for the implementation under test.
 
     Args:
@@ -174,7 +174,10 @@ class ContractViolation(AssertionError):  # noqa: N818 - "violation" reads bette
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Keep rule/term/details across process boundaries (pytest-xdist pickles reports).
-        return (_rebuild_violation, (self.rule, self.term, self.headline, self.details, self.replay))
+        return (
+            _rebuild_violation,
+            (self.rule, self.term, self.headline, self.details, self.replay),
+        )
 
 
 def _rebuild_violation(

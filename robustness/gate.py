@@ -13,12 +13,13 @@ that cannot be imported or lacks the interface; one line on stderr), 3 the run i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,6 +37,15 @@ EXIT_BROKEN = 3
 
 PROFILE_CHOICES = ("dev", "ci", "thorough")
 _GATE_INI = Path(__file__).with_name("gate.ini")
+# The gate runs a hermetic pytest: whatever other plugins the environment has installed
+# (pytest-benchmark, pytest-randomly, ...) stay out, so the verdict depends only on the
+# target and the profile. PYTEST_PLUGINS reaches the xdist workers too.
+_GATE_PLUGINS = (
+    "xdist.plugin",
+    "xdist.looponfail",
+    "_hypothesis_pytestplugin",
+    "robustness.plugin",
+)
 _EXAMPLES_RE = re.compile(r"(\d+) passing examples, (\d+) failing examples")
 
 
@@ -55,7 +65,7 @@ class TestOutcome:
     repro: str = ""
 
 
-@dataclass
+@dataclass(eq=False)  # registered as a pytest plugin, which must be hashable
 class _Collector:
     """A pytest plugin object that gathers reports (xdist forwards workers' reports here)."""
 
@@ -115,35 +125,74 @@ def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
     """The gate's command-line options."""
     parser = _Parser(prog=prog, description=__doc__.splitlines()[0])
     add_target_options(parser)
-    parser.add_argument("--profile", choices=PROFILE_CHOICES, default=None,
-                        help="Hypothesis profile (default: ci under CI=true, else dev)")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default="all",
-                        help="devices for device-generic rules; cuda is skipped with a reason "
-                        "where it cannot run (default: all)")
-    parser.add_argument("--workers", type=_non_negative_int, default=min(2, os.cpu_count() or 1),
-                        help="pytest-xdist workers; 0 runs in this process (default: 2)")
-    parser.add_argument("--rules", default=None, metavar="ID[,ID...]",
-                        help="check only these rule ids")
-    parser.add_argument("--maxfail", type=_non_negative_int, default=0,
-                        help="stop after this many failing tests (default: 0, run all)")
-    parser.add_argument("--report-json", type=Path, default=None, metavar="PATH",
-                        help="also write the verdict as JSON")
-    parser.add_argument("--junitxml", type=Path, default=None, metavar="PATH",
-                        help="also write pytest's JUnit XML report")
-    parser.add_argument("--repro-dir", type=Path, default=Path(".robustness/repros"),
-                        metavar="DIR", help="where violations write repro files")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILE_CHOICES,
+        default=None,
+        help="Hypothesis profile (default: ci under CI=true, else dev)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="all",
+        help="devices for device-generic rules; cuda is skipped with a reason "
+        "where it cannot run (default: all)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=min(2, os.cpu_count() or 1),
+        help="pytest-xdist workers; 0 runs in this process (default: 2)",
+    )
+    parser.add_argument(
+        "--rules", default=None, metavar="ID[,ID...]", help="check only these rule ids"
+    )
+    parser.add_argument(
+        "--maxfail",
+        type=_non_negative_int,
+        default=0,
+        help="stop after this many failing tests (default: 0, run all)",
+    )
+    parser.add_argument(
+        "--report-json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the verdict as JSON",
+    )
+    parser.add_argument(
+        "--junitxml",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write pytest's JUnit XML report",
+    )
+    parser.add_argument(
+        "--repro-dir",
+        type=Path,
+        default=Path(".robustness/repros"),
+        metavar="DIR",
+        help="where violations write repro files",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     return parser
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--target`` and ``--metrics`` (shared by gate and replay)."""
-    parser.add_argument("--target", default=None, metavar="MODULE:CLASS",
-                        help="loss class under test (default: $ROBUSTNESS_TARGET, then "
-                        "aam.training.losses:MultiTaskLoss)")
-    parser.add_argument("--metrics", default=None, metavar="MODULE",
-                        help="metrics module under test (default: $ROBUSTNESS_METRICS, then "
-                        "aam.training.metrics)")
+    parser.add_argument(
+        "--target",
+        default=None,
+        metavar="MODULE:CLASS",
+        help="loss class under test (default: $ROBUSTNESS_TARGET, then "
+        "aam.training.losses:MultiTaskLoss)",
+    )
+    parser.add_argument(
+        "--metrics",
+        default=None,
+        metavar="MODULE",
+        help="metrics module under test (default: $ROBUSTNESS_METRICS, then aam.training.metrics)",
+    )
 
 
 def _non_negative_int(text: str) -> int:
@@ -160,22 +209,49 @@ def _default_profile() -> str:
     return "ci" if os.environ.get("CI", "").lower() not in ("", "0", "false") else "dev"
 
 
+@contextlib.contextmanager
+def _hermetic_plugins(workers: int) -> Iterator[None]:
+    """Load only the plugins the contract needs, in this process and in xdist workers."""
+    saved = {
+        key: os.environ.get(key) for key in ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTEST_PLUGINS")
+    }
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    plugins = [p for p in _GATE_PLUGINS if workers or not p.startswith("xdist")]
+    os.environ["PYTEST_PLUGINS"] = ",".join(plugins)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _pytest_args(options: argparse.Namespace, loss_spec: str, metrics_spec: str) -> list[str]:
     args = [
-        "-c", str(_GATE_INI),
-        "--rootdir", os.getcwd(),
-        "--pyargs", "robustness.contract",
+        "-c",
+        str(_GATE_INI),
+        "--rootdir",
+        os.getcwd(),
+        "--pyargs",
+        "robustness.contract",
         f"--hypothesis-profile={options.profile}",
-        "--robustness-target", loss_spec,
-        "--robustness-metrics", metrics_spec,
-        "--robustness-device", options.device,
-        "--robustness-repro-dir", str(options.repro_dir),
-        "-q", "--no-header", "--no-summary", "--tb=no",
+        "--robustness-target",
+        loss_spec,
+        "--robustness-metrics",
+        metrics_spec,
+        "--robustness-device",
+        options.device,
+        "--robustness-repro-dir",
+        str(options.repro_dir),
+        "-q",
+        "--no-header",
+        "--no-summary",
+        "--tb=no",
     ]
     if options.workers:
         args += ["-n", str(options.workers)]
-    else:
-        args += ["-p", "no:xdist"]
     if options.rules:
         args += ["--robustness-rules", options.rules]
     if options.maxfail:
@@ -200,15 +276,17 @@ def _rows(outcomes: Sequence[TestOutcome]) -> list[dict[str, Any]]:
         else:
             status = "skipped"
         skipped = sorted({f"{m.device}: {m.reason}" for m in members if m.outcome == "skipped"})
-        rows.append({
-            "rule": rule,
-            "term": term,
-            "status": status,
-            "tests": len(members),
-            "skipped": skipped,
-            "examples": sum(m.examples for m in members),
-            "seconds": round(sum(m.seconds for m in members), 3),
-        })
+        rows.append(
+            {
+                "rule": rule,
+                "term": term,
+                "status": status,
+                "tests": len(members),
+                "skipped": skipped,
+                "examples": sum(m.examples for m in members),
+                "seconds": round(sum(m.seconds for m in members), 3),
+            }
+        )
     return rows
 
 
@@ -223,8 +301,12 @@ def _render(rows: list[dict[str, Any]], failures: list[TestOutcome]) -> str:
         (
             r["rule"],
             r["term"],
-            r["status"] + (f" ({len(r['skipped'])} skipped)" if r["skipped"] and
-                           r["status"] != "skipped" else ""),
+            r["status"]
+            + (
+                f" ({len(r['skipped'])} skipped)"
+                if r["skipped"] and r["status"] != "skipped"
+                else ""
+            ),
             str(r["examples"]),
             f"{r['seconds']:.2f}",
         )
@@ -233,8 +315,10 @@ def _render(rows: list[dict[str, Any]], failures: list[TestOutcome]) -> str:
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-              for line in body]
+    lines += [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in body
+    ]
     reasons = sorted({reason for r in rows for reason in r["skipped"]})
     if reasons:
         lines.append("")
@@ -264,7 +348,8 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
 
     collector = _Collector()
     started = time.perf_counter()
-    code = pytest.main(_pytest_args(options, loss.spec, metrics.spec), plugins=[collector])
+    with _hermetic_plugins(options.workers):
+        code = pytest.main(_pytest_args(options, loss.spec, metrics.spec), plugins=[collector])
     wall = time.perf_counter() - started
 
     outcomes = list(collector.outcomes.values())
@@ -279,8 +364,7 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
         print(f"robustness gate: the run broke (pytest exit {int(code)})", file=sys.stderr)
         return EXIT_BROKEN
     if code == pytest.ExitCode.NO_TESTS_COLLECTED or not outcomes:
-        print("robustness gate: error: no contract tests selected (check --rules)",
-              file=sys.stderr)
+        print("robustness gate: error: no contract tests selected (check --rules)", file=sys.stderr)
         return EXIT_USAGE
 
     verdict = EXIT_VIOLATION if failures else EXIT_OK
@@ -300,19 +384,25 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
 
     if options.report_json:
         options.report_json.parent.mkdir(parents=True, exist_ok=True)
-        options.report_json.write_text(json.dumps({
-            "verdict": "fail" if failures else "pass",
-            "exit_status": verdict,
-            "target": loss.spec,
-            "metrics": metrics.spec,
-            "profile": options.profile,
-            "device": options.device,
-            "workers": options.workers,
-            "wall_seconds": round(wall, 3),
-            "examples": examples,
-            "rows": rows,
-            "tests": [asdict(o) for o in outcomes],
-        }, indent=2) + "\n")
+        options.report_json.write_text(
+            json.dumps(
+                {
+                    "verdict": "fail" if failures else "pass",
+                    "exit_status": verdict,
+                    "target": loss.spec,
+                    "metrics": metrics.spec,
+                    "profile": options.profile,
+                    "device": options.device,
+                    "workers": options.workers,
+                    "wall_seconds": round(wall, 3),
+                    "examples": examples,
+                    "rows": rows,
+                    "tests": [asdict(o) for o in outcomes],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return verdict
 
 

@@ -34,6 +34,8 @@ import robustness.profiles  # noqa: F401 - registers the Hypothesis profiles bef
 from robustness.devices import DEVICE_CHOICES, device_params
 from robustness.errors import ContractViolation, HarnessUsageError
 from robustness.target import (
+    DEFAULT_LOSS_TARGET,
+    DEFAULT_METRICS_TARGET,
     LOSS_TARGET_ENV,
     METRICS_TARGET_ENV,
     LossTarget,
@@ -212,8 +214,10 @@ def write_repro(config: pytest.Config, violation: ContractViolation) -> Path:
         or DEFAULT_REPRO_DIR
     )
     directory.mkdir(parents=True, exist_ok=True)
-    loss_spec = _loss_spec(config) or load_loss_target().spec
-    metrics_spec = _metrics_spec(config) or load_metrics_target().spec
+    # Record the specs as configured, without importing the other target: a metrics-only
+    # run must not fail because the default loss target cannot be imported.
+    loss_spec = _loss_spec(config) or DEFAULT_LOSS_TARGET
+    metrics_spec = _metrics_spec(config) or DEFAULT_METRICS_TARGET
     payload = {
         "format": REPRO_FORMAT,
         "rule": violation.rule,

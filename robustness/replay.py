@@ -10,13 +10,17 @@ longer does, 2 for a file or target that cannot be used.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from robustness.errors import ContractViolation, HarnessUsageError, from_plain, resolve_qualified_name
+from robustness.errors import (
+    ContractViolation,
+    HarnessUsageError,
+    from_plain,
+    resolve_qualified_name,
+)
 from robustness.gate import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION, _Parser, add_target_options
 from robustness.target import load_loss_target, load_metrics_target
 

@@ -55,9 +55,23 @@ def gate_command(
 ) -> list[str]:
     """The ``python -m robustness gate`` command line the self-test runs."""
     command = [
-        sys.executable, "-m", "robustness", "gate", "--quiet",
-        "--target", target, "--metrics", metrics, "--profile", profile,
-        "--workers", str(workers), "--report-json", str(report), "--device", "cpu",
+        sys.executable,
+        "-m",
+        "robustness",
+        "gate",
+        "--quiet",
+        "--target",
+        target,
+        "--metrics",
+        metrics,
+        "--profile",
+        profile,
+        "--workers",
+        str(workers),
+        "--report-json",
+        str(report),
+        "--device",
+        "cpu",
     ]
     if rules:
         command += ["--rules", rules]
@@ -72,8 +86,13 @@ def run_mutant(mutant: Mutant, *, profile: str, workdir: Path) -> Kill:
     """Run the gate on ``mutant``, restricted to its declared rule; stop at the first failure."""
     report = workdir / f"{mutant.name}.json"
     command = gate_command(
-        target=mutant.target, metrics=mutant.metrics, profile=profile, report=report,
-        rules=mutant.rule, maxfail=1, repro_dir=workdir / "repros",
+        target=mutant.target,
+        metrics=mutant.metrics,
+        profile=profile,
+        report=report,
+        rules=mutant.rule,
+        maxfail=1,
+        repro_dir=workdir / "repros",
     )
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -103,7 +122,7 @@ def _render(kills: Sequence[Kill]) -> str:
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     lines = []
-    for row in [header, tuple("-" * w for w in widths) + ("---",), *rows]:
+    for row in [header, (*tuple("-" * w for w in widths), "---"), *rows]:
         cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)]
         lines.append("  ".join([*cells, row[-1]]))
     return "\n".join(lines)
@@ -112,13 +131,19 @@ def _render(kills: Sequence[Kill]) -> str:
 def run_selftest(argv: Sequence[str] | None = None) -> int:
     """Run ``python -m robustness selftest``; return the exit status."""
     parser = _Parser(prog="robustness selftest", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", choices=PROFILE_CHOICES, default="ci",
-                        help="Hypothesis profile for every gate run (default: ci)")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILE_CHOICES,
+        default="ci",
+        help="Hypothesis profile for every gate run (default: ci)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="gate runs at once (default: 2)")
-    parser.add_argument("--mutants", default=None, metavar="NAME[,NAME...]",
-                        help="only these mutants")
-    parser.add_argument("--skip-aam", action="store_true",
-                        help="do not run the full gate against aam")
+    parser.add_argument(
+        "--mutants", default=None, metavar="NAME[,NAME...]", help="only these mutants"
+    )
+    parser.add_argument(
+        "--skip-aam", action="store_true", help="do not run the full gate against aam"
+    )
     parser.add_argument("--report-json", type=Path, default=None, metavar="PATH")
     options = parser.parse_args(argv)
     if options.jobs < 1:
@@ -137,9 +162,9 @@ def run_selftest(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="robustness-selftest-") as tmp:
         workdir = Path(tmp)
         with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-            kills = list(pool.map(
-                lambda m: run_mutant(m, profile=options.profile, workdir=workdir), mutants
-            ))
+            kills = list(
+                pool.map(lambda m: run_mutant(m, profile=options.profile, workdir=workdir), mutants)
+            )
         print(_render(kills))
         survivors = [k for k in kills if not k.killed]
         aam_status, aam_seconds = EXIT_OK, 0.0
@@ -148,8 +173,11 @@ def run_selftest(argv: Sequence[str] | None = None) -> int:
             from robustness.target import DEFAULT_LOSS_TARGET, DEFAULT_METRICS_TARGET
 
             command = gate_command(
-                target=DEFAULT_LOSS_TARGET, metrics=DEFAULT_METRICS_TARGET,
-                profile=options.profile, report=report, workers=options.jobs,
+                target=DEFAULT_LOSS_TARGET,
+                metrics=DEFAULT_METRICS_TARGET,
+                profile=options.profile,
+                report=report,
+                workers=options.jobs,
                 repro_dir=workdir / "repros",
             )
             started = time.perf_counter()
@@ -160,21 +188,36 @@ def run_selftest(argv: Sequence[str] | None = None) -> int:
     print(
         f"\nrobustness selftest: {killed}/{len(kills)} mutants killed "
         f"({100 * killed / len(kills):.0f}%), profile {options.profile}"
-        + ("" if options.skip_aam else
-           f"; aam {'passes' if aam_status == EXIT_OK else 'FAILS'} the full gate "
-           f"({aam_seconds:.1f} s)")
+        + (
+            ""
+            if options.skip_aam
+            else f"; aam {'passes' if aam_status == EXIT_OK else 'FAILS'} the full gate "
+            f"({aam_seconds:.1f} s)"
+        )
     )
     if options.report_json:
-        options.report_json.write_text(json.dumps({
-            "profile": options.profile,
-            "killed": killed,
-            "mutants": [
-                {"name": k.mutant.name, "rule": k.mutant.rule, "bug": k.mutant.bug,
-                 "killed": k.killed, "failed_rules": list(k.failed_rules),
-                 "exit_status": k.exit_status, "seconds": round(k.seconds, 2),
-                 "first_failure": k.first_failure}
-                for k in kills
-            ],
-            "aam_exit_status": None if options.skip_aam else aam_status,
-        }, indent=2) + "\n")
+        options.report_json.write_text(
+            json.dumps(
+                {
+                    "profile": options.profile,
+                    "killed": killed,
+                    "mutants": [
+                        {
+                            "name": k.mutant.name,
+                            "rule": k.mutant.rule,
+                            "bug": k.mutant.bug,
+                            "killed": k.killed,
+                            "failed_rules": list(k.failed_rules),
+                            "exit_status": k.exit_status,
+                            "seconds": round(k.seconds, 2),
+                            "first_failure": k.first_failure,
+                        }
+                        for k in kills
+                    ],
+                    "aam_exit_status": None if options.skip_aam else aam_status,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return EXIT_OK if not survivors and aam_status == EXIT_OK else EXIT_VIOLATION
