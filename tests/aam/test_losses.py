@@ -543,7 +543,7 @@ def test_total_is_the_penalty_weighted_sum_of_the_terms(contract_device):
     assert torch.equal(terms["total_loss"], expected)
 
 
-def test_zero_penalty_removes_a_term_that_overflowed(contract_device):
+def test_zero_penalty_gives_an_exact_zero_for_a_term_that_overflowed(contract_device):
     # Found by C-REF-1 (total_loss): count predictions of 1.34e154 square to inf in float64,
     # and 0 * inf made the total NaN although the count term was switched off.
     big = torch.full((1, 3, 1), 1.3407807929942596e154, dtype=F64, device=contract_device)
@@ -559,8 +559,9 @@ def test_zero_penalty_removes_a_term_that_overflowed(contract_device):
     assert terms["count_loss"].item() == math.inf
     assert terms["total_loss"].item() == 4.0
     terms["total_loss"].backward()
-    # The switched-off term is not in the total's graph at all: no gradient, not a NaN one.
-    assert count_pred.grad is None
+    # The switched-off term stays connected (C-EMPTY-1) with an exact zero gradient, not NaN.
+    assert count_pred.grad is not None
+    assert torch.equal(count_pred.grad, torch.zeros_like(count_pred))
     assert target_pred.grad is not None
     assert torch.isfinite(target_pred.grad).all()
 
@@ -1111,3 +1112,51 @@ def test_pairwise_distance_gradients_are_finite_for_any_duplicates(contract_devi
     distances.sum().backward()
     torch.testing.assert_close(distances.cpu(), oracle_distances(emb), rtol=1e-12, atol=1e-18)
     assert torch.isfinite(emb.grad).all()
+
+
+# ------------------------------------------------------------- regressions found by the gate
+
+
+def test_nucleotide_nll_above_finfo_max_at_one_position_keeps_a_finite_mean(contract_device):
+    # Found by C-REF-1 (nuc_loss): logits at -max and +max/2 give one position an nll of
+    # ~5.1e38 > float32 max, while the mean over 8 valid positions (6.4e37) is representable.
+    big = torch.finfo(torch.float32).max
+    logits = torch.zeros((1, 1, 8, 2), device=contract_device)
+    logits[0, 0, 0] = torch.tensor([-big, big / 2])
+    ids = torch.zeros((1, 1, 8), dtype=torch.int64, device=contract_device)
+    mask = torch.ones((1, 1, 8), dtype=torch.bool, device=contract_device)
+    got = MultiTaskLoss().compute_nucleotide_loss(logits.requires_grad_(), ids, mask)
+    expected = F.cross_entropy(logits.detach().double().reshape(8, 2), ids.reshape(8).cpu())
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got.double().cpu(), expected, rtol=1e-6, atol=0.0)
+    got.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_float32_class_weights_are_normalised_in_float64_for_float64_losses(contract_device):
+    # Found by C-REF-1 (target_loss): weights (3, 1, 1) were divided by their max in float32,
+    # so a float64 loss carried a float32 rounding of 1/3 (relative error 3e-9).
+    weights = torch.tensor([3.0, 1.0, 1.0])
+    log_probs = torch.log_softmax(
+        torch.randn(6, 3, dtype=F64, generator=torch.Generator().manual_seed(3)), 1
+    )
+    ids = torch.tensor([0, 1, 2, 0, 1, 1])
+    loss = MultiTaskLoss(class_weights=weights).to(contract_device)
+    got = loss.compute_target_loss(log_probs.to(contract_device), ids.to(contract_device), True)
+    expected = F.nll_loss(log_probs, ids, weight=weights.double())
+    torch.testing.assert_close(got.cpu(), expected, rtol=4 * torch.finfo(F64).eps, atol=0.0)
+
+
+def test_overflowing_pairwise_distances_of_finite_embeddings_give_inf_not_an_error(contract_device):
+    # Found by C-REF-1: finite embeddings 1.8e308 apart in two coordinates have a distance
+    # above float64 max. The model's outputs are finite, so this is an inf loss (as the
+    # reference has), not a NonFiniteOutputError about the computed distances.
+    big = torch.finfo(F64).max
+    emb = torch.tensor([[big, big], [0.0, 0.0], [1.0, 0.0]], dtype=F64, device=contract_device)
+    base = torch.ones((3, 3), dtype=F64, device=contract_device)
+    terms = MultiTaskLoss()({"embeddings": emb}, {"base_target": base})
+    assert terms["base_loss"].item() == math.inf
+    nan_emb = emb.clone()
+    nan_emb[1, 0] = math.nan
+    with pytest.raises(NonFiniteOutputError, match="embeddings"):
+        MultiTaskLoss()({"embeddings": nan_emb}, {"base_target": base})
