@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -212,8 +214,29 @@ def _valid_count(tensor: Tensor, valid: Tensor | None) -> int:
     return int(torch.broadcast_to(valid, tensor.shape).sum().item())
 
 
+@dataclass(frozen=True)
+class _PendingCheck:
+    """One term's finite/id checks: the bad-entry masks and their counts, not yet read."""
+
+    term: str
+    finite: Sequence[_FiniteCheck]
+    ids: Sequence[_IdCheck]
+    finite_bad: list[Tensor]
+    ids_bad: list[Tensor]
+    counts: list[Tensor]
+
+
+# Set by MultiTaskLoss.forward: while it holds a list, _check_values queues its counts there
+# and forward reads every term's counts back in a single host sync (one fused reduction per
+# call). A ContextVar, so concurrent forwards in threads don't share the queue.
+_DEFERRED: ContextVar[list[_PendingCheck] | None] = ContextVar("_DEFERRED", default=None)
+
+
 def _check_values(term: str, finite: Sequence[_FiniteCheck], ids: Sequence[_IdCheck] = ()) -> None:
     """Raise on non-finite values or out-of-range ids at valid positions; one host sync.
+
+    Inside :meth:`MultiTaskLoss.forward` the check is queued instead and forward raises after
+    one sync for all terms (callers then must not index with unchecked ids: they clamp).
 
     Raises:
         NonFiniteOutputError: naming the first tensor with a non-finite valid entry.
@@ -234,35 +257,57 @@ def _check_values(term: str, finite: Sequence[_FiniteCheck], ids: Sequence[_IdCh
             bad = tensor < 0 if too_big is None else (tensor < 0) | too_big
             ids_bad.append(bad if valid is None else bad & valid)
             counts.append(ids_bad[-1].sum())
-        if not counts:
-            return
-        # The one host sync of this term: every count read back together.
-        host = torch.stack(counts).tolist()
-        if not any(host):
-            return
-        for (key, tensor, valid), bad, count in zip(
-            finite, finite_bad, host[: len(finite)], strict=True
-        ):
-            if count:
-                index, value = _first_bad(bad, tensor)
-                raise NonFiniteOutputError(
-                    term,
-                    key,
-                    count=int(count),
-                    valid=_valid_count(tensor, valid),
-                    index=index,
-                    value=value,
-                )
-        for (key, tensor, valid, upper), bad, count in zip(
-            ids, ids_bad, host[len(finite) :], strict=True
-        ):
-            if count:
-                index, value = _first_bad(bad, tensor)
-                raise ValueError(
-                    f"{term}: {key} has {int(count)} id(s) outside [0, {upper}) at valid "
-                    f"positions (of {_valid_count(tensor, valid)} valid); first at {index} = "
-                    f"{int(value)}. Ids must index the last dimension of the prediction"
-                )
+    if not counts:
+        return
+    pending = _PendingCheck(term, finite, ids, finite_bad, ids_bad, counts)
+    queue = _DEFERRED.get()
+    if queue is not None:
+        queue.append(pending)
+    else:
+        _raise_pending([pending])
+
+
+def _raise_pending(pending: Sequence[_PendingCheck]) -> None:
+    """Read every queued count back in one host sync; raise for the first bad entry."""
+    if not pending:
+        return
+    with torch.no_grad():
+        # The one host sync: every count of every queued term read back together.
+        host = torch.stack([c.to(torch.int64) for p in pending for c in p.counts]).tolist()
+    if not any(host):
+        return
+    offset = 0
+    for check in pending:
+        found = host[offset : offset + len(check.counts)]
+        offset += len(check.counts)
+        _raise_first(check, found)
+
+
+def _raise_first(check: _PendingCheck, found: Sequence[int]) -> None:
+    term, finite, ids = check.term, check.finite, check.ids
+    for (key, tensor, valid), bad, count in zip(
+        finite, check.finite_bad, found[: len(finite)], strict=True
+    ):
+        if count:
+            index, value = _first_bad(bad, tensor)
+            raise NonFiniteOutputError(
+                term,
+                key,
+                count=int(count),
+                valid=_valid_count(tensor, valid),
+                index=index,
+                value=value,
+            )
+    for (key, tensor, valid, upper), bad, count in zip(
+        ids, check.ids_bad, found[len(finite) :], strict=True
+    ):
+        if count:
+            index, value = _first_bad(bad, tensor)
+            raise ValueError(
+                f"{term}: {key} has {int(count)} id(s) outside [0, {upper}) at valid "
+                f"positions (of {_valid_count(tensor, valid)} valid); first at {index} = "
+                f"{int(value)}. Ids must index the last dimension of the prediction"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,7 +540,9 @@ class MultiTaskLoss(nn.Module):
             term, [("target_prediction", pred, None)], [("target", ids, None, num_classes)]
         )
         dtype = _compute_dtype(pred)
-        ids_long = ids.long()
+        # Clamped for indexing only: inside forward the range check is still queued, and an
+        # out-of-range index would be a bare IndexError (a device-side assert on cuda).
+        ids_long = ids.long().clamp(0, num_classes - 1)
         nll = -pred.to(dtype).gather(1, ids_long.unsqueeze(1)).squeeze(1)  # [B]
         if weights is None:
             pre, post = _pow2_scales(nll.shape[0], squared=False)
@@ -680,7 +727,8 @@ class MultiTaskLoss(nn.Module):
         # Double where: sanitise logits and ids at padded positions *before* log_softmax and
         # gather, so garbage there yields neither NaN values nor NaN gradients.
         safe_logits = torch.where(valid.unsqueeze(-1), logits.to(dtype), 0.0)
-        safe_ids = torch.where(valid, ids.long(), 0)
+        # Clamped too: inside forward the id range check is queued until after this gather.
+        safe_ids = torch.where(valid, ids.long(), 0).clamp_(0, vocab - 1)
         # nll = logsumexp(x) - x[id], each side pre-scaled before the subtraction: one
         # position's nll can exceed finfo.max (logits near +-max) while the mean does not.
         # logsumexp + gather also skips materialising the [B, A, L, V] log-probabilities.
@@ -741,6 +789,26 @@ class MultiTaskLoss(nn.Module):
                         f"{term}: outputs has {given!r} but targets lacks {target_key!r}; "
                         f"pass targets[{target_key!r}] or drop the head"
                     )
+        token = _DEFERRED.set([])
+        try:
+            losses = self._terms(outputs, targets, is_classifier, encoder_type, present)
+            pending = _DEFERRED.get()
+        finally:
+            _DEFERRED.reset(token)
+        # One host sync for every term's non-finite and id checks, before anything returns.
+        _raise_pending(pending or [])
+        losses["total_loss"] = self._total(losses)
+        return losses
+
+    def _terms(
+        self,
+        outputs: Mapping[str, Tensor],
+        targets: Mapping[str, Tensor],
+        is_classifier: bool,
+        encoder_type: str,
+        present: Mapping[str, bool],
+    ) -> dict[str, Tensor]:
+        use_embeddings = encoder_type == "unifrac" and "embeddings" in outputs
         zero = self._zero(outputs)
         losses = {term: zero for term in _HEADS}
         if present["target_loss"]:
@@ -768,7 +836,6 @@ class MultiTaskLoss(nn.Module):
             losses["nuc_loss"] = self.compute_nucleotide_loss(
                 outputs["nuc_predictions"], targets["nucleotides"], targets["nuc_mask"]
             )
-        losses["total_loss"] = self._total(losses)
         return losses
 
     def _total(self, losses: Mapping[str, Tensor]) -> Tensor:
