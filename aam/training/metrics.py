@@ -32,6 +32,17 @@ Edge cases (contract rule C-METRIC-EDGE-1), all finite and exact:
   ``[B, K]`` predictions, else the largest id seen + 1 (the streaming confusion matrix grows as
   new ids appear, and ``merge`` pads to the larger size).
 
+Distributed sync (contract rule C-DDP-1): every streaming class has
+``sync_distributed(group=None)``, a collective that replaces each rank's state by the state of
+the whole data set (every rank's data), equal to one process fed everything. Every rank must
+call it, a rank that saw no data included (it takes part in every collective; there is no early
+return). Counts stay exact (int64) and sums float64; regression states are all_gathered and
+merged in rank order with the same Chan update as ``merge`` (deterministic, identical on every
+rank, never an average of means); confusion matrices first agree on one size (all_reduce MAX),
+then are padded and summed (all_reduce SUM). Without an initialized process group it is a no-op
+(one process already holds everything). Call it once, after the last ``update``: a second call
+counts the other ranks' data again (sync a ``copy.deepcopy`` to keep streaming per rank).
+
 Invalid input raises ``ValueError`` (``TypeError`` for a non-tensor): inputs whose element
 counts or shapes differ (never broadcast, never sliced), class ids that are negative or
 ``>= K`` (never wrapped around), non-integral float ids, and NaN/±inf values at valid
@@ -57,8 +68,11 @@ import numbers
 from typing import Any, NoReturn, Self
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+
+from aam.training._collectives import all_gather_stacked, communication_device, is_distributed
 
 __all__ = [
     "StreamingClassificationMetrics",
@@ -72,6 +86,8 @@ __all__ = [
 _F64 = torch.float64
 _I64 = torch.int64
 _CPU = torch.device("cpu")
+#: Stands in for "no num_classes" in sync_distributed's MAX reduction of -num_classes.
+_NO_LIMIT = 2**62
 
 
 # --------------------------------------------------------------------------- validation
@@ -165,13 +181,21 @@ def _flat_pair(y_pred: object, y_true: object) -> tuple[Tensor, Tensor]:
             f"match y_true shape {_shape(true)} ({true.numel()} elements); both are flattened, "
             "so they must have the same number of elements (no broadcasting)"
         )
-    pred, true = pred.reshape(-1), true.reshape(-1)
-    if pred.numel() and (pred.is_floating_point() or true.is_floating_point()):
-        counts = torch.stack([_nonfinite_count(pred), _nonfinite_count(true)]).tolist()
-        for name, t, count in (("y_pred", pred, counts[0]), ("y_true", true, counts[1])):
+    return pred.reshape(-1), true.reshape(-1)
+
+
+def _raise_if_nonfinite(pred: Tensor, true: Tensor, extremes: Tensor) -> None:
+    """Raise for NaN/±inf in either input, read off their minima and maxima (one sync).
+
+    ``extremes`` holds both inputs' minimum and maximum: NaN propagates into min and max and
+    ±inf is an extreme, so they are all finite exactly when every element is. This replaces
+    an ``isfinite`` pass over each input.
+    """
+    if not bool(torch.isfinite(extremes).all()):  # the one host sync of an update
+        for name, t in (("y_pred", pred), ("y_true", true)):
+            count = int(_nonfinite_count(t))
             if count:
                 _raise_nonfinite(_REGRESSION, name, t, count)
-    return pred.to(_F64), true.to(_F64)
 
 
 class StreamingRegressionMetrics:
@@ -219,20 +243,32 @@ class StreamingRegressionMetrics:
         n = true.numel()
         if n == 0:
             return
-        mean = true.mean()
-        # One correction pass: the first mean of values far from zero is off by a few ulps of
-        # the values, which the deviations (and so M2) would inherit.
-        mean = mean + (true - mean).mean()
-        dev = true - mean
-        diff = pred - true
+        # Both inputs in one float64 [2, n] tensor (exact for every input dtype), so one
+        # aminmax gives the extremes that both the finiteness check and the state need.
+        # (Each side is converted before stacking: stack would promote int64 with float32 to
+        # float32 and round large integers.)
+        both = torch.empty((2, n), dtype=_F64, device=true.device)
+        both[0].copy_(pred)
+        both[1].copy_(true)
+        lo, hi = torch.aminmax(both, dim=1)
+        _raise_if_nonfinite(pred, true, torch.cat((lo, hi)))
+        pred64, true64 = both[0], both[1]
+        mean = true64.mean()
+        dev = true64 - mean
+        # The first mean of values far from zero is off by a few ulps of the values; the mean
+        # of the deviations corrects it, and M2 about the corrected mean is
+        # sum(dev²) - n·corr² (exact algebra, no second deviation pass).
+        corr = dev.mean()
+        m2 = ((dev * dev).sum() - corr * corr * n).clamp(min=0.0)
+        diff = pred64 - true64
         self._combine(
             n,
-            mean,
-            (dev * dev).sum(),
-            diff.abs().sum(),
+            mean + corr,
+            m2,
+            torch.linalg.vector_norm(diff, 1),
             (diff * diff).sum(),
-            true.min(),
-            true.max(),
+            lo[1],
+            hi[1],
         )
 
     def _combine(
@@ -280,6 +316,28 @@ class StreamingRegressionMetrics:
         if other._n:
             self._combine(other._n, *other._tensors())
         return self
+
+    def sync_distributed(self, group: dist.ProcessGroup | None = None) -> None:
+        """Replace this rank's state by the whole data set's (a collective; see the module doc).
+
+        Every rank's count and statistics are all_gathered and merged in rank order with
+        Chan's update, so every rank ends with the identical state. No-op without an
+        initialized process group.
+
+        Args:
+            group: the process group (default: the default group).
+        """
+        if not is_distributed():
+            return
+        device = self._mean.device
+        comm = communication_device(group)
+        counts = all_gather_stacked(torch.tensor([self._n], dtype=_I64, device=comm), group=group)
+        stats = all_gather_stacked(torch.stack(self._tensors()), group=group).to(device)
+        self.reset()
+        # A loop over ranks, not elements; rank order makes the result identical everywhere.
+        for n, row in zip(counts[:, 0].tolist(), stats, strict=True):
+            if n:
+                self._combine(n, *row.unbind())
 
     def compute(self) -> dict[str, float]:
         """``{"mae", "mse", "r2"}`` of everything fed so far (see the module doc for edges)."""
@@ -488,6 +546,47 @@ class StreamingClassificationMetrics:
         self._cm = cm + F.pad(other._cm.to(cm.device), (0, size - other._cm.shape[0]) * 2)
         return self
 
+    def sync_distributed(self, group: dist.ProcessGroup | None = None) -> None:
+        """Replace this rank's confusion matrix by the sum over ranks (a collective).
+
+        Ranks that saw different classes (or none) first agree on one size K (all_reduce MAX,
+        together with the ranks' ``num_classes``), pad their matrices to ``[K, K]`` and sum them
+        (all_reduce SUM, exact in int64). No-op without an initialized process group.
+
+        Args:
+            group: the process group (default: the default group).
+
+        Raises:
+            ValueError: on every rank, if ranks fixed different ``num_classes``, or a rank
+                that infers K saw more classes than another rank's ``num_classes``.
+        """
+        if not is_distributed():
+            return
+        device = self._cm.device
+        comm = communication_device(group)
+        fixed = self.num_classes
+        # MAX of (size, num_classes, -num_classes): the largest matrix and the largest and
+        # smallest fixed num_classes (ranks that infer K send values that never win).
+        agree = torch.tensor(
+            [self._cm.shape[0], fixed or 0, -(fixed or _NO_LIMIT)], dtype=_I64, device=comm
+        )
+        dist.all_reduce(agree, op=dist.ReduceOp.MAX, group=group)
+        size, largest, negated = (int(v) for v in agree.tolist())
+        smallest = -negated
+        if largest and smallest != largest:
+            raise ValueError(
+                f"sync_distributed: ranks fixed different num_classes (from {smallest} to "
+                f"{largest}); build every rank's StreamingClassificationMetrics alike"
+            )
+        if largest and size > largest:
+            raise ValueError(
+                f"sync_distributed: a rank saw {size} classes but num_classes={largest} on "
+                "another rank; pass the same num_classes on every rank"
+            )
+        cm = self._grown(size, comm).clone()
+        dist.all_reduce(cm, op=dist.ReduceOp.SUM, group=group)
+        self._cm = cm.to(device)
+
     def compute(self) -> dict[str, Any]:
         """Accuracy, weighted precision/recall/F1 (zero_division 0) and the confusion matrix.
 
@@ -641,6 +740,23 @@ class StreamingCountMetrics:
         self._abs = self._abs + other._abs.to(device)
         self._sq = self._sq + other._sq.to(device)
         return self
+
+    def sync_distributed(self, group: dist.ProcessGroup | None = None) -> None:
+        """Replace this rank's count and sums by their totals over ranks (a collective).
+
+        The int64 counts and float64 sums are all_gathered and added in rank order, so every
+        rank ends with the identical state. No-op without an initialized process group.
+
+        Args:
+            group: the process group (default: the default group).
+        """
+        if not is_distributed():
+            return
+        device = self._n.device
+        counts = all_gather_stacked(self._n.reshape(1), group=group)
+        sums = all_gather_stacked(torch.stack([self._abs, self._sq]), group=group)
+        self._n = counts.sum().to(device)
+        self._abs, self._sq = sums.sum(dim=0).to(device).unbind()
 
     def compute(self) -> dict[str, float]:
         """``{"mae", "mse"}`` over every valid position fed; none valid gives 0.0."""
