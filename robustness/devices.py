@@ -18,7 +18,7 @@ DEVICE_CHOICES = ("cpu", "cuda", "all")
 
 def cuda_skip_reason() -> str | None:
     """Return why cuda checks cannot run here, or ``None`` when they can."""
-    if not torch.backends.cuda.is_built():
+    if not torch.backends.cuda.is_built():  # type: ignore[no-untyped-call]
         return f"cuda not available: torch {torch.__version__} is a CPU-only build"
     if not torch.cuda.is_available():
         return "cuda not available: torch.cuda.is_available() is False (no GPU or driver)"

@@ -7,8 +7,9 @@ Every term is robust to ragged, padded batches (see the contract, ``CONTRACT.md`
   gradient;
 * a term with no valid positions is exactly 0 and still a function of its prediction;
 * shapes must match exactly (never sliced, never broadcast);
-* non-finite values at valid positions raise :class:`NonFiniteOutputError` *before* the loss is
-  computed; this check and the id-range check are the only host syncs, one per term;
+* non-finite values at valid positions raise :class:`NonFiniteOutputError` before a loss is
+  returned (so no step can be taken on it); with the id-range checks this is the only host
+  sync: one per ``compute_*`` call, and one for all terms together in ``forward``;
 * half inputs are computed and returned in float32; sums are pre-scaled so a representable
   mean never overflows in an intermediate.
 
