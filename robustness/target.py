@@ -20,14 +20,17 @@ from typing import Any
 from robustness.errors import InvalidTargetError
 
 __all__ = [
+    "DEFAULT_GATHERED_LOSS",
     "DEFAULT_LOSS_TARGET",
     "DEFAULT_METRICS_TARGET",
+    "GATHERED_LOSS_ENV",
     "LOSS_METHODS",
     "LOSS_TARGET_ENV",
     "METRICS_ATTRIBUTES",
     "METRICS_TARGET_ENV",
     "LossTarget",
     "MetricsTarget",
+    "find_gathered_loss",
     "load_loss_target",
     "load_metrics_target",
 ]
@@ -36,6 +39,9 @@ DEFAULT_LOSS_TARGET = "aam.training.losses:MultiTaskLoss"
 DEFAULT_METRICS_TARGET = "aam.training.metrics"
 LOSS_TARGET_ENV = "ROBUSTNESS_TARGET"
 METRICS_TARGET_ENV = "ROBUSTNESS_METRICS"
+#: The gathered (cross-rank) UniFrac loss checked by C-DDP-2, as ``module:function``.
+GATHERED_LOSS_ENV = "ROBUSTNESS_GATHERED_LOSS"
+DEFAULT_GATHERED_LOSS = "aam.training.distributed:gathered_base_loss"
 
 LOSS_METHODS = (
     "compute_target_loss",
@@ -155,3 +161,40 @@ def load_metrics_target(spec: str | None = None) -> MetricsTarget:
         elif not callable(obj):
             raise InvalidTargetError(f"metrics target {spec!r}: {name} is not callable")
     return MetricsTarget(spec=spec, module=module)
+
+
+def find_gathered_loss(loss: LossTarget) -> tuple[str | None, str]:
+    """The gathered UniFrac loss to check with ``loss`` (C-DDP-2), an optional part of a target.
+
+    Looked up in order: ``$ROBUSTNESS_GATHERED_LOSS`` (``module:function``); a
+    ``gathered_base_loss`` function beside the loss class; aam's own when ``loss`` is the
+    default aam target. A target that provides none is not an error: C-DDP-2 is skipped.
+
+    Returns:
+        ``(spec, how it was found)``, or ``(None, why none was found)``.
+
+    Raises:
+        InvalidTargetError: if ``$ROBUSTNESS_GATHERED_LOSS`` names nothing callable.
+    """
+    named = os.environ.get(GATHERED_LOSS_ENV)
+    if named:
+        module_name, sep, attr = named.partition(":")
+        if not sep or not module_name or not attr or "." in attr:
+            raise InvalidTargetError(
+                f"{GATHERED_LOSS_ENV}={named!r} must be 'module:function', e.g. "
+                f"{DEFAULT_GATHERED_LOSS!r}"
+            )
+        if not callable(getattr(_import(module_name, "gathered loss module"), attr, None)):
+            raise InvalidTargetError(f"{GATHERED_LOSS_ENV}={named!r} is not a callable")
+        return named, f"${GATHERED_LOSS_ENV}"
+    module_name = loss.spec.partition(":")[0]
+    beside = getattr(importlib.import_module(module_name), "gathered_base_loss", None)
+    if callable(beside):
+        return f"{module_name}:gathered_base_loss", f"gathered_base_loss beside {loss.spec}"
+    if loss.spec == DEFAULT_LOSS_TARGET:
+        return DEFAULT_GATHERED_LOSS, "aam's own (the default loss target)"
+    return None, (
+        f"loss target {loss.spec!r} provides no gathered loss: define gathered_base_loss("
+        f"embeddings, sample_ids, distances, *, group=None) beside the loss class or set "
+        f"{GATHERED_LOSS_ENV}=module:function"
+    )

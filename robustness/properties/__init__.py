@@ -3,11 +3,17 @@
 Each ``check_*`` raises :class:`robustness.errors.ContractViolation` carrying the rule id,
 the term or metric, and a readable description of the minimal input. Loss rules live in
 ``_losses``, metric and streaming rules in ``_metrics``, end-to-end weight safety in
-``_weights``.
+``_weights``, and the distributed rules (run in a real process group) in ``_distributed``.
 """
 
 from __future__ import annotations
 
+from robustness.properties._distributed import (
+    DDP_JOB_TIMEOUT,
+    check_gathered_base_loss,
+    check_sync_distributed,
+    distributed_skip_reason,
+)
 from robustness.properties._losses import (
     GARBAGE_FILLS,
     LOSS_CHECKS,
@@ -53,6 +59,7 @@ from robustness.properties._weights import (
 )
 
 __all__ = [
+    "DDP_JOB_TIMEOUT",
     "GARBAGE_FILLS",
     "INPUT_CASES",
     "LOSS_CHECKS",
@@ -66,6 +73,7 @@ __all__ = [
     "check_empty_terms",
     "check_finite_gradients",
     "check_finite_values",
+    "check_gathered_base_loss",
     "check_half_precision",
     "check_invalid_inputs",
     "check_invariants",
@@ -87,7 +95,9 @@ __all__ = [
     "check_stream_partition",
     "check_stream_stability",
     "check_stream_vectorized",
+    "check_sync_distributed",
     "check_weights_stay_finite",
     "check_zero_class_weights",
+    "distributed_skip_reason",
     "make_optimizer",
 ]

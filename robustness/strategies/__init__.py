@@ -1,8 +1,9 @@
 """Hypothesis strategies for the contract's input space (re-exports only).
 
 The code lives in private topic modules: ``_tensors`` (dtypes, float elements, tensors,
-non-contiguous views, masks), ``_batches`` (multi-task loss batches, embeddings) and
-``_metric_data`` (metric inputs, imbalanced classes, ragged streaming partitions).
+non-contiguous views, masks), ``_batches`` (multi-task loss batches, embeddings),
+``_metric_data`` (metric inputs, imbalanced classes, ragged streaming partitions) and
+``_distributed`` (uneven per-rank shards, global batches for the gathered loss).
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from robustness.strategies._batches import (
     embeddings,
     multitask_batches,
     term_name,
+)
+from robustness.strategies._distributed import (
+    GATHERED_DTYPES,
+    GatheredBatch,
+    gathered_batches,
+    sharded,
+    shards,
 )
 from robustness.strategies._metric_data import (
     METRIC_DTYPES,
@@ -45,6 +53,7 @@ from robustness.strategies._tensors import (
 __all__ = [
     "ENCODER_TYPES",
     "FLOAT_DTYPES",
+    "GATHERED_DTYPES",
     "KINDS",
     "MASK_DTYPES",
     "MASK_PATTERNS",
@@ -55,6 +64,7 @@ __all__ = [
     "TERMS",
     "ClassificationData",
     "CountData",
+    "GatheredBatch",
     "MultiTaskBatch",
     "Partition",
     "RegressionData",
@@ -63,12 +73,15 @@ __all__ = [
     "dtypes",
     "embeddings",
     "float_elements",
+    "gathered_batches",
     "masks",
     "multitask_batches",
     "noncontiguous",
     "partitioned",
     "partitions",
     "regression_data",
+    "sharded",
+    "shards",
     "tensors",
     "term_name",
 ]
