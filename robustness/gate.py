@@ -6,8 +6,15 @@ import path. It prints one row per rule id × term (pass / FAIL / skipped with i
 examples run, seconds), then each violation with its minimal input and the command that
 replays it.
 
-Exit status: 0 every rule holds, 1 a rule is violated, 2 usage error (bad option, or a target
-that cannot be imported or lacks the interface; one line on stderr), 3 the run itself broke.
+With a baseline (``--baseline MODULE:CLASS``, ``--baseline-metrics MODULE``, or
+``--baseline-ref REV``: the target's own modules as they were at git revision REV) the suite
+also runs the differential rules C-REGRESS-1..4 against it; ``--regress-only`` and
+``--regress-skip`` limit them to, or exclude, named terms and metrics (see
+docs/regression-guard.md).
+
+Exit status: 0 every rule holds, 1 a rule is violated, 2 usage error (bad option, a target or
+baseline that cannot be imported or lacks the interface, a revision or module that does not
+exist; one line on stderr), 3 the run itself broke.
 """
 
 from __future__ import annotations
@@ -24,9 +31,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from robustness.baseline import (
+    BASELINE_ENV,
+    BASELINE_METRICS_ENV,
+    REGRESS_ONLY_ENV,
+    REGRESS_SKIP_ENV,
+    RegressSelection,
+    materialized,
+)
 from robustness.devices import DEVICE_CHOICES
 from robustness.errors import HarnessUsageError
-from robustness.target import load_loss_target, load_metrics_target
+from robustness.target import LossTarget, MetricsTarget, load_loss_target, load_metrics_target
 
 __all__ = ["EXIT_BROKEN", "EXIT_OK", "EXIT_USAGE", "EXIT_VIOLATION", "TestOutcome", "main"]
 
@@ -175,7 +190,50 @@ def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
         help="where violations write repro files",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
+    add_baseline_options(parser)
     return parser
+
+
+def add_baseline_options(parser: argparse.ArgumentParser) -> None:
+    """Add the regression guard's options (the differential rules C-REGRESS-1..4)."""
+    group = parser.add_argument_group(
+        "regression guard", "compare the target with a baseline on the same generated inputs"
+    )
+    group.add_argument(
+        "--baseline",
+        default=None,
+        metavar="MODULE:CLASS",
+        help=f"baseline loss class (default: ${BASELINE_ENV}); with --baseline-ref: which "
+        "loss at REV (default: the target's)",
+    )
+    group.add_argument(
+        "--baseline-metrics",
+        default=None,
+        metavar="MODULE",
+        help=f"baseline metrics module (default: ${BASELINE_METRICS_ENV}); with "
+        "--baseline-ref: which module at REV (default: the target's)",
+    )
+    group.add_argument(
+        "--baseline-ref",
+        default=None,
+        metavar="REV",
+        help="baseline: the target's loss and metrics modules as they were at this git "
+        "revision of the current repository (e.g. main, HEAD~1, a merge base)",
+    )
+    group.add_argument(
+        "--regress-only",
+        default=None,
+        metavar="TERM[,TERM...]",
+        help="compare only these loss terms / metrics (count_loss, regression, regression.r2; "
+        f"default: ${REGRESS_ONLY_ENV})",
+    )
+    group.add_argument(
+        "--regress-skip",
+        default=None,
+        metavar="TERM[,TERM...]",
+        help="leave these loss terms / metrics out of the comparison: approve a change "
+        f"(default: ${REGRESS_SKIP_ENV})",
+    )
 
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
@@ -228,6 +286,60 @@ def _hermetic_plugins(workers: int) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@dataclass(frozen=True)
+class _Baseline:
+    """The baselines the differential rules compare against, as the gate resolved them."""
+
+    loss: LossTarget | None = None
+    metrics: MetricsTarget | None = None
+    path: str | None = None
+    label: str = ""
+
+    def args(self) -> list[str]:
+        out = []
+        if self.loss is not None:
+            out += ["--robustness-baseline", self.loss.spec]
+        if self.metrics is not None:
+            out += ["--robustness-baseline-metrics", self.metrics.spec]
+        if self.path is not None:
+            out += ["--robustness-baseline-path", self.path]
+        return out
+
+
+def _resolve_baseline(
+    options: argparse.Namespace,
+    loss: LossTarget,
+    metrics: MetricsTarget,
+    stack: contextlib.ExitStack,
+) -> _Baseline:
+    """Load (and for ``--baseline-ref`` first materialize) the baselines; cleanup on ``stack``.
+
+    Raises:
+        HarnessUsageError: for a baseline that cannot be made or imported (one line).
+    """
+    if options.baseline_ref is None:
+        base_loss = load_loss_target(options.baseline) if options.baseline else None
+        base_metrics = (
+            load_metrics_target(options.baseline_metrics) if options.baseline_metrics else None
+        )
+        return _Baseline(base_loss, base_metrics)
+    loss_spec = options.baseline or loss.spec
+    metrics_spec = options.baseline_metrics or metrics.spec
+    for spec, kind in ((loss_spec, "loss"), (metrics_spec, "metrics")):
+        module = spec.partition(":")[0]
+        if not module or module.startswith("."):
+            raise HarnessUsageError(f"--baseline-ref: bad {kind} module {spec!r}")
+    at = stack.enter_context(
+        materialized(
+            options.baseline_ref, [loss_spec.partition(":")[0], metrics_spec.partition(":")[0]]
+        )
+    )
+    base_loss = load_loss_target(at.spec(loss_spec))
+    base_metrics = load_metrics_target(at.spec(metrics_spec))
+    label = f"{options.baseline_ref} ({at.commit[:10]})"
+    return _Baseline(base_loss, base_metrics, str(at.path), label)
+
+
 def _pytest_args(options: argparse.Namespace, loss_spec: str, metrics_spec: str) -> list[str]:
     args = [
         "-c",
@@ -258,6 +370,10 @@ def _pytest_args(options: argparse.Namespace, loss_spec: str, metrics_spec: str)
         args += ["--maxfail", str(options.maxfail)]
     if options.junitxml:
         args += ["--junitxml", str(options.junitxml)]
+    if options.regress_only:
+        args += ["--robustness-regress-only", options.regress_only]
+    if options.regress_skip:
+        args += ["--robustness-regress-skip", options.regress_skip]
     return args
 
 
@@ -339,18 +455,30 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
     options.profile = options.profile or _default_profile()
-    try:
-        loss = load_loss_target(options.target)
-        metrics = load_metrics_target(options.metrics)
-    except HarnessUsageError as exc:
-        print(f"robustness gate: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-    collector = _Collector()
-    started = time.perf_counter()
-    with _hermetic_plugins(options.workers):
-        code = pytest.main(_pytest_args(options, loss.spec, metrics.spec), plugins=[collector])
-    wall = time.perf_counter() - started
+    for name, env in (
+        ("baseline", BASELINE_ENV),
+        ("baseline_metrics", BASELINE_METRICS_ENV),
+        ("regress_only", REGRESS_ONLY_ENV),
+        ("regress_skip", REGRESS_SKIP_ENV),
+    ):
+        setattr(options, name, getattr(options, name) or os.environ.get(env) or None)
+    with contextlib.ExitStack() as stack:
+        try:
+            loss = load_loss_target(options.target)
+            metrics = load_metrics_target(options.metrics)
+            selection = RegressSelection.parse(options.regress_only, options.regress_skip)
+            baseline = _resolve_baseline(options, loss, metrics, stack)
+        except HarnessUsageError as exc:
+            print(f"robustness gate: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        collector = _Collector()
+        started = time.perf_counter()
+        with _hermetic_plugins(options.workers):
+            code = pytest.main(
+                _pytest_args(options, loss.spec, metrics.spec) + baseline.args(),
+                plugins=[collector],
+            )
+        wall = time.perf_counter() - started
 
     outcomes = list(collector.outcomes.values())
     failures = [o for o in outcomes if o.outcome == "failed"]
@@ -377,6 +505,21 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
         f"{options.workers or 'no'} workers, device {options.device})\n"
         f"  target  {loss.spec}\n  metrics {metrics.spec}"
     )
+    if baseline.loss or baseline.metrics:
+        source = f" at {baseline.label}" if baseline.label else ""
+        summary += "".join(
+            f"\n  {what} {spec}{source}"
+            for what, spec in (
+                ("baseline", options.baseline or (loss.spec if baseline.label else None)),
+                (
+                    "baseline metrics",
+                    options.baseline_metrics or (metrics.spec if baseline.label else None),
+                ),
+            )
+            if spec
+        )
+        if not selection.everything:
+            summary += f"\n  compared {selection.describe()}"
     if not options.quiet:
         print(_render(rows, failures))
         print()
@@ -391,6 +534,9 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
                     "exit_status": verdict,
                     "target": loss.spec,
                     "metrics": metrics.spec,
+                    "baseline": baseline.loss.spec if baseline.loss else None,
+                    "baseline_metrics": baseline.metrics.spec if baseline.metrics else None,
+                    "baseline_ref": options.baseline_ref,
                     "profile": options.profile,
                     "device": options.device,
                     "workers": options.workers,

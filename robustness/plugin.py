@@ -13,10 +13,25 @@ Options (and the environment variables that stand in for them):
 * ``--robustness-device`` / ``$ROBUSTNESS_DEVICE``: ``cpu``, ``cuda`` or ``all`` (default).
 * ``--robustness-repro-dir`` / ``$ROBUSTNESS_REPRO_DIR``: where repro files go
   (default ``.robustness/repros``).
+* ``--robustness-rules``: rule ids to run; a prefix such as ``C-REGRESS`` selects the family.
+
+The regression guard (differential rules C-REGRESS-*, ``robustness/contract/
+test_regress_rules.py``) is collected only when a baseline is configured:
+
+* ``--robustness-baseline`` / ``$ROBUSTNESS_BASELINE``: baseline loss class ``module:Class``.
+* ``--robustness-baseline-metrics`` / ``$ROBUSTNESS_BASELINE_METRICS``: baseline metrics module.
+* ``--robustness-baseline-path`` / ``$ROBUSTNESS_BASELINE_PATH``: a directory put first on
+  ``sys.path`` (in xdist workers too) where a baseline was materialized (the gate's
+  ``--baseline-ref`` sets it).
+* ``--robustness-regress-only`` / ``$ROBUSTNESS_REGRESS_ONLY`` and ``--robustness-regress-skip``
+  / ``$ROBUSTNESS_REGRESS_SKIP``: comma-separated loss terms or metrics (``count_loss``,
+  ``regression``, ``regression.r2``) to limit the comparison to, or to leave out.
 
 Fixtures: ``loss_target`` (:class:`~robustness.target.LossTarget`), ``metrics_target``
-(:class:`~robustness.target.MetricsTarget`) and ``contract_device`` (``"cpu"``/``"cuda"``,
-parametrized; cuda is skipped with a reason where it cannot run).
+(:class:`~robustness.target.MetricsTarget`), ``contract_device`` (``"cpu"``/``"cuda"``,
+parametrized; cuda is skipped with a reason where it cannot run), and for the regression guard
+``loss_baseline``, ``metrics_baseline`` and ``regress_selection``
+(:class:`~robustness.baseline.RegressSelection`).
 """
 
 from __future__ import annotations
@@ -24,13 +39,22 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
-from collections.abc import Generator, Iterator
+import sys
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import robustness.profiles  # noqa: F401 - registers the Hypothesis profiles before configure
+from robustness.baseline import (
+    BASELINE_ENV,
+    BASELINE_METRICS_ENV,
+    BASELINE_PATH_ENV,
+    REGRESS_ONLY_ENV,
+    REGRESS_SKIP_ENV,
+    RegressSelection,
+)
 from robustness.devices import DEVICE_CHOICES, device_params
 from robustness.errors import ContractViolation, HarnessUsageError
 from robustness.target import (
@@ -45,6 +69,8 @@ from robustness.target import (
 )
 
 DEVICE_ENV = "ROBUSTNESS_DEVICE"
+#: The contract module of the differential rules, collected only when a baseline is set.
+REGRESS_MODULE = "test_regress_rules.py"
 REPRO_DIR_ENV = "ROBUSTNESS_REPRO_DIR"
 DEFAULT_REPRO_DIR = ".robustness/repros"
 REPRO_FORMAT = 1
@@ -75,7 +101,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--robustness-rules",
         default=None,
         metavar="ID[,ID...]",
-        help="run only the contract tests of these rule ids (e.g. C-MASK-1,C-MASK-2)",
+        help="run only the contract tests of these rule ids (e.g. C-MASK-1,C-MASK-2); a "
+        "prefix selects a family (C-REGRESS)",
     )
     group.addoption(
         "--robustness-repro-dir",
@@ -84,6 +111,45 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"where violations write repro files (default: ${REPRO_DIR_ENV}, "
         f"then {DEFAULT_REPRO_DIR})",
     )
+    group.addoption(
+        "--robustness-baseline",
+        default=None,
+        metavar="MODULE:CLASS",
+        help=f"baseline loss class for the differential rules C-REGRESS-1..3 "
+        f"(default: ${BASELINE_ENV}; none: those rules are not collected)",
+    )
+    group.addoption(
+        "--robustness-baseline-metrics",
+        default=None,
+        metavar="MODULE",
+        help=f"baseline metrics module for C-REGRESS-4 (default: ${BASELINE_METRICS_ENV})",
+    )
+    group.addoption(
+        "--robustness-baseline-path",
+        default=None,
+        metavar="DIR",
+        help=f"directory put first on sys.path to import the baseline from "
+        f"(default: ${BASELINE_PATH_ENV})",
+    )
+    group.addoption(
+        "--robustness-regress-only",
+        default=None,
+        metavar="TERM[,TERM...]",
+        help="compare only these loss terms / metrics with the baseline (e.g. "
+        f"count_loss,regression.r2; default: ${REGRESS_ONLY_ENV}, then all)",
+    )
+    group.addoption(
+        "--robustness-regress-skip",
+        default=None,
+        metavar="TERM[,TERM...]",
+        help="leave these loss terms / metrics out of the comparison: an approved change "
+        f"(default: ${REGRESS_SKIP_ENV})",
+    )
+
+
+def _option(config: pytest.Config, name: str, env: str) -> str | None:
+    value = config.getoption(name) or os.environ.get(env)
+    return str(value) if value else None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -105,22 +171,55 @@ def pytest_configure(config: pytest.Config) -> None:
             config.stash[_METRICS_KEY] = load_metrics_target(_metrics_spec(config))
     except HarnessUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
+    _configure_baseline(config)
+
+
+def _configure_baseline(config: pytest.Config) -> None:
+    """Put the baseline path on ``sys.path``; load the baselines and the selection up front."""
+    path = _option(config, "--robustness-baseline-path", BASELINE_PATH_ENV)
+    if path and path not in sys.path:
+        sys.path.insert(0, path)
+        config.stash[_PATH_KEY] = path
+    try:
+        config.stash[_SELECTION_KEY] = RegressSelection.parse(
+            _option(config, "--robustness-regress-only", REGRESS_ONLY_ENV),
+            _option(config, "--robustness-regress-skip", REGRESS_SKIP_ENV),
+        )
+        loss = _option(config, "--robustness-baseline", BASELINE_ENV)
+        if loss:
+            config.stash[_LOSS_BASELINE_KEY] = load_loss_target(loss)
+        metrics = _option(config, "--robustness-baseline-metrics", BASELINE_METRICS_ENV)
+        if metrics:
+            config.stash[_METRICS_BASELINE_KEY] = load_metrics_target(metrics)
+    except HarnessUsageError as exc:
+        raise pytest.UsageError(f"baseline: {exc}") from None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Take the baseline path back off ``sys.path``."""
+    path = config.stash.get(_PATH_KEY, None)
+    if path is not None and path in sys.path:
+        sys.path.remove(path)
 
 
 _LOSS_KEY = pytest.StashKey[LossTarget]()
 _METRICS_KEY = pytest.StashKey[MetricsTarget]()
+_LOSS_BASELINE_KEY = pytest.StashKey[LossTarget]()
+_METRICS_BASELINE_KEY = pytest.StashKey[MetricsTarget]()
+_SELECTION_KEY = pytest.StashKey[RegressSelection]()
+_PATH_KEY = pytest.StashKey[str]()
 
 
 def _loss_spec(config: pytest.Config) -> str | None:
-    return config.getoption("--robustness-target") or os.environ.get(LOSS_TARGET_ENV)  # type: ignore[no-any-return]
+    return _option(config, "--robustness-target", LOSS_TARGET_ENV)
 
 
 def _metrics_spec(config: pytest.Config) -> str | None:
-    return config.getoption("--robustness-metrics") or os.environ.get(METRICS_TARGET_ENV)  # type: ignore[no-any-return]
+    return _option(config, "--robustness-metrics", METRICS_TARGET_ENV)
 
 
 def _device_choice(config: pytest.Config) -> str:
-    return config.getoption("--robustness-device") or os.environ.get(DEVICE_ENV) or "all"  # type: ignore[no-any-return]
+    return _option(config, "--robustness-device", DEVICE_ENV) or "all"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -145,6 +244,37 @@ def metrics_target(pytestconfig: pytest.Config) -> MetricsTarget:
     return pytestconfig.stash[_METRICS_KEY]
 
 
+@pytest.fixture(scope="session")
+def loss_baseline(pytestconfig: pytest.Config) -> LossTarget:
+    """The baseline loss of the differential rules (``--robustness-baseline``)."""
+    if _LOSS_BASELINE_KEY not in pytestconfig.stash:
+        pytest.skip("no baseline configured (--robustness-baseline)")
+    return pytestconfig.stash[_LOSS_BASELINE_KEY]
+
+
+@pytest.fixture(scope="session")
+def metrics_baseline(pytestconfig: pytest.Config) -> MetricsTarget:
+    """The baseline metrics of C-REGRESS-4 (``--robustness-baseline-metrics``)."""
+    if _METRICS_BASELINE_KEY not in pytestconfig.stash:
+        pytest.skip("no metrics baseline configured (--robustness-baseline-metrics)")
+    return pytestconfig.stash[_METRICS_BASELINE_KEY]
+
+
+@pytest.fixture(scope="session")
+def regress_selection(pytestconfig: pytest.Config) -> RegressSelection:
+    """Which terms and metrics the differential rules compare."""
+    return pytestconfig.stash.get(_SELECTION_KEY, RegressSelection())
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Leave the differential rules uncollected unless a baseline is configured."""
+    if collection_path.name != REGRESS_MODULE or collection_path.parent.name != "contract":
+        return None
+    if _LOSS_BASELINE_KEY in config.stash or _METRICS_BASELINE_KEY in config.stash:
+        return None
+    return True
+
+
 def _rule_of(item: pytest.Item) -> str | None:
     marker = item.get_closest_marker("rule")
     return str(marker.args[0]) if marker and marker.args else None
@@ -155,10 +285,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     wanted = config.getoption("--robustness-rules")
     if wanted:
         rules = {r.strip() for r in wanted.split(",") if r.strip()}
-        deselected = [item for item in items if _rule_of(item) not in rules]
-        if deselected:
-            config.hook.pytest_deselected(items=deselected)
-            items[:] = [item for item in items if _rule_of(item) in rules]
+        _deselect(config, items, lambda item: not _rule_selected(_rule_of(item), rules))
+    selection = config.stash.get(_SELECTION_KEY, RegressSelection())
+    _deselect(config, items, lambda item: not _regress_wanted(config, item, selection))
     for item in items:
         rule = _rule_of(item)
         if rule is None:
@@ -169,6 +298,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.user_properties.append(("term", str(term) if term else "-"))
         if "contract_device" in params:
             item.user_properties.append(("device", str(params["contract_device"])))
+
+
+def _deselect(
+    config: pytest.Config, items: list[pytest.Item], drop: Callable[[pytest.Item], bool]
+) -> None:
+    deselected = [item for item in items if drop(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not drop(item)]
+
+
+def _rule_selected(rule: str | None, wanted: set[str]) -> bool:
+    """``rule`` is wanted by id, or by a family prefix (``C-REGRESS`` for ``C-REGRESS-1``)."""
+    if rule is None:
+        return False
+    return rule in wanted or any(rule.startswith(f"{prefix}-") for prefix in wanted)
+
+
+def _regress_wanted(config: pytest.Config, item: pytest.Item, selection: RegressSelection) -> bool:
+    """Differential tests run only with their baseline and for the selected terms."""
+    rule = _rule_of(item)
+    if rule is None or not rule.startswith("C-REGRESS-"):
+        return True
+    names = getattr(item, "fixturenames", ())
+    if "loss_baseline" in names and _LOSS_BASELINE_KEY not in config.stash:
+        return False
+    if "metrics_baseline" in names and _METRICS_BASELINE_KEY not in config.stash:
+        return False
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    term = params.get("term") or params.get("metric") or _marker_term(item)
+    return term is None or selection.compares(str(term))
 
 
 def _marker_term(item: pytest.Item) -> str | None:

@@ -3,7 +3,8 @@
 Each ``check_*`` raises :class:`robustness.errors.ContractViolation` carrying the rule id,
 the term or metric, and a readable description of the minimal input. Loss rules live in
 ``_losses``, metric and streaming rules in ``_metrics``, end-to-end weight safety in
-``_weights``, and the distributed rules (run in a real process group) in ``_distributed``.
+``_weights``, the distributed rules (run in a real process group) in ``_distributed``, and
+the regression guard's differential rules in ``_regress``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ from robustness.properties._metrics import (
     check_stream_stability,
     check_stream_vectorized,
 )
+from robustness.properties._regress import (
+    REGRESS_RULES,
+    check_regress_gradients,
+    check_regress_metrics,
+    check_regress_outcome,
+    check_regress_values,
+)
 from robustness.properties._weights import (
     OPTIMIZERS,
     RULE,
@@ -68,6 +76,7 @@ __all__ = [
     "LOSS_TERMS",
     "METRIC_FAMILIES",
     "OPTIMIZERS",
+    "REGRESS_RULES",
     "RULE",
     "check_device_agreement",
     "check_empty_terms",
@@ -89,6 +98,10 @@ __all__ = [
     "check_purity",
     "check_ragged_batches",
     "check_reference_values",
+    "check_regress_gradients",
+    "check_regress_metrics",
+    "check_regress_outcome",
+    "check_regress_values",
     "check_scalar_terms",
     "check_shape_mismatch",
     "check_stream_merge",
