@@ -92,7 +92,9 @@ def run_mutant(mutant: Mutant, *, profile: str, workdir: Path) -> Kill:
         report=report,
         rules=mutant.rule,
         maxfail=1,
-        repro_dir=workdir / "repros",
+        # One folder per mutant: mutants run in parallel, and two that fail with the same
+        # message would otherwise write the same repro file name.
+        repro_dir=workdir / "repros" / mutant.name,
     )
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -108,13 +110,22 @@ def run_mutant(mutant: Mutant, *, profile: str, workdir: Path) -> Kill:
     return Kill(mutant, done.returncode, failed, seconds, first)
 
 
+def _verdict(kill: Kill) -> str:
+    if kill.killed:
+        return ", ".join(kill.failed_rules)
+    if kill.exit_status in (EXIT_OK, EXIT_VIOLATION):
+        return f"SURVIVED (exit {kill.exit_status})"
+    # Usage error or a broken run: the mutant was never judged, so it did not "survive".
+    return f"NOT RUN (gate exit {kill.exit_status})"
+
+
 def _render(kills: Sequence[Kill]) -> str:
     header = ("mutant", "rule", "caught by", "seconds", "bug")
     rows = [
         (
             k.mutant.name,
             k.mutant.rule,
-            ", ".join(k.failed_rules) if k.killed else f"SURVIVED (exit {k.exit_status})",
+            _verdict(k),
             f"{k.seconds:.1f}",
             k.mutant.bug,
         )
@@ -125,6 +136,10 @@ def _render(kills: Sequence[Kill]) -> str:
     for row in [header, (*tuple("-" * w for w in widths), "---"), *rows]:
         cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)]
         lines.append("  ".join([*cells, row[-1]]))
+    unkilled = [k for k in kills if not k.killed]
+    if unkilled:
+        lines += ["", "not killed:"]
+        lines += [f"  {k.mutant.name}: {k.first_failure or '(no output)'}" for k in unkilled]
     return "\n".join(lines)
 
 

@@ -134,6 +134,46 @@ DUPLICATES = _full_batch(4, embeddings=_EMB, classifier=True, seed=3)
 NAN_PADDING = _full_batch(4, garbage=math.nan, seed=4)
 
 
+def _overflowing_sum(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with count errors whose squares are ``finfo.max / 5`` at every valid ASV.
+
+    The mean of the squares is representable (so C-FINITE-1 owes a finite count term), but
+    their plain sum over more than 5 valid ASVs is not: a loss that sums before dividing
+    overflows.
+    """
+    half = math.sqrt(float(torch.finfo(batch.dtype).max) / 5) / 2  # (2 half)**2 = max / 5
+    valid = batch.targets["mask"].bool()[..., None]
+    outputs = dict(batch.outputs)
+    outputs["count_prediction"] = torch.where(valid, half, outputs["count_prediction"])
+    targets = dict(batch.targets)
+    targets["counts"] = torch.where(valid, -half, targets["counts"])
+    return dataclasses.replace(batch, outputs=outputs, targets=targets)
+
+
+# Six valid ASVs whose squared errors are each a fifth of float32's largest value.
+OVERFLOWING_SUM = _overflowing_sum(_full_batch(4, asvs=4, seed=7))
+
+
+def _zero_penalty_overflow(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` whose count term overflows (errors of ``2 finfo.max``) with count_penalty 0.
+
+    The float64 reference total leaves the zero-penalty term out, so it is finite; a total
+    written as ``sum(penalty * term)`` gives ``0 * inf = NaN``.
+    """
+    big = float(torch.finfo(batch.dtype).max)
+    valid = batch.targets["mask"].bool()[..., None]
+    outputs = dict(batch.outputs)
+    outputs["count_prediction"] = torch.where(valid, big, outputs["count_prediction"])
+    targets = dict(batch.targets)
+    targets["counts"] = torch.where(valid, -big, targets["counts"])
+    kwargs = {**batch.loss_kwargs, "count_penalty": 0.0}
+    return dataclasses.replace(batch, outputs=outputs, targets=targets, loss_kwargs=kwargs)
+
+
+# The zero-penalty total bug (0 * inf = NaN), found in aam and fixed: count_loss is inf.
+ZERO_PENALTY_OVERFLOW = _zero_penalty_overflow(_full_batch(3, seed=8))
+
+
 def _on(batch: MultiTaskBatch, device: str) -> MultiTaskBatch:
     return batch.to(device)
 
@@ -159,6 +199,7 @@ def test_every_term_is_a_0_dim_float(loss_target, contract_device, term, batch):
 @given(batch=FINITE)
 @example(batch=ALL_PADDING)
 @example(batch=DUPLICATES)
+@example(batch=OVERFLOWING_SUM)
 def test_finite_inputs_give_finite_values(loss_target, contract_device, term, batch):
     check_finite_values(loss_target, _on(batch, contract_device), term=term)
 
@@ -314,6 +355,7 @@ def test_zero_selected_class_weights_give_zero(loss_target, contract_device, bat
 @example(batch=REMAINDER)
 @example(batch=DUPLICATES)
 @example(batch=NAN_PADDING)
+@example(batch=ZERO_PENALTY_OVERFLOW)
 def test_terms_match_the_float64_reference(loss_target, contract_device, term, batch):
     check_reference_values(loss_target, _on(batch, contract_device), term=term)
 

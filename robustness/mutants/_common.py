@@ -1,0 +1,70 @@
+"""What the mutants share: ``aam``'s input validation, so each mutant differs by its one bug.
+
+A mutant that rewrites a term's arithmetic keeps ``aam``'s validation (shapes, devices,
+non-finite values at valid positions) by calling :func:`count_inputs`; the bug is then the
+arithmetic alone, as it would be in a real patch. Metrics mutants that replace a streaming
+class rebuild the one-shot function from it with :func:`fed_once`, as ``aam`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from aam.training.losses import (
+    _check_values,
+    _compute_dtype,
+    _require_floating,
+    _require_real,
+    _require_same_device,
+    _require_same_shape,
+    _require_tensor,
+)
+
+__all__ = ["count_inputs", "fed_once"]
+
+
+def count_inputs(
+    count_pred: Tensor, count_true: Tensor, mask: Tensor
+) -> tuple[Tensor, torch.dtype]:
+    """``aam``'s count-loss validation; returns the ``[B, A, 1]`` valid mask and compute dtype.
+
+    Raises:
+        ValueError: on a shape mismatch, naming both shapes.
+        NonFiniteOutputError: on NaN/inf at a valid ASV of the prediction or the truth.
+    """
+    term = "count_loss"
+    pred = _require_tensor(term, "count_prediction", count_pred)
+    true = _require_tensor(term, "counts", count_true)
+    mask = _require_tensor(term, "mask", mask)
+    _require_floating(term, "count_prediction", pred)
+    _require_real(term, "counts", true)
+    _require_real(term, "mask", mask)
+    if pred.ndim != 3 or pred.shape[-1] != 1:
+        raise ValueError(
+            f"{term}: count_prediction must be [B, A, 1], got shape {tuple(pred.shape)}"
+        )
+    _require_same_shape(term, "count_prediction", pred, "counts", true)
+    if mask.shape != pred.shape[:-1]:
+        raise ValueError(
+            f"{term}: mask shape {tuple(mask.shape)} does not match count_prediction "
+            f"{tuple(pred.shape)}"
+        )
+    _require_same_device(term, [("count_prediction", pred), ("counts", true), ("mask", mask)])
+    valid = (mask != 0).unsqueeze(-1)
+    _check_values(term, [("count_prediction", pred, valid), ("counts", true, valid)])
+    return valid, _compute_dtype(pred, true)
+
+
+class _Streaming(Protocol):
+    def update(self, *args: Any) -> None: ...
+
+    def compute(self) -> dict[str, Any]: ...
+
+
+def fed_once(state: _Streaming, *args: Any) -> dict[str, Any]:
+    """Feed ``state`` one batch and return its result: the one-shot metric."""
+    state.update(*args)
+    return state.compute()
