@@ -24,6 +24,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from robustness.baseline import RegressSelection
+from robustness.contract.test_loss_rules import DUPLICATES, ZERO_PENALTY_OVERFLOW
 from robustness.properties._losses import GARBAGE_FILLS, LOSS_TERMS
 from robustness.properties._regress import (
     check_regress_gradients,
@@ -122,6 +123,8 @@ HUGE_COUNTS = _huge_counts(REMAINDER)
 @given(batch=BATCHES)
 @example(batch=REMAINDER)
 @example(batch=HUGE_COUNTS)
+@example(batch=DUPLICATES)  # duplicate and near-duplicate embedding rows
+@example(batch=ZERO_PENALTY_OVERFLOW)  # a zero penalty on a term that overflowed to inf
 def test_loss_values_agree_with_the_baseline(
     loss_target, loss_baseline, contract_device, term, batch
 ):
@@ -133,6 +136,8 @@ def test_loss_values_agree_with_the_baseline(
 @given(batch=BATCHES)
 @example(batch=REMAINDER)
 @example(batch=HUGE_COUNTS)
+@example(batch=DUPLICATES)  # duplicate and near-duplicate embedding rows
+@example(batch=ZERO_PENALTY_OVERFLOW)  # a zero penalty on a term that overflowed to inf
 def test_loss_is_finite_and_raises_where_the_baseline_does(
     loss_target, loss_baseline, contract_device, term, batch
 ):
@@ -144,6 +149,8 @@ def test_loss_is_finite_and_raises_where_the_baseline_does(
 @given(batch=BATCHES)
 @example(batch=REMAINDER)
 @example(batch=HUGE_COUNTS)
+@example(batch=DUPLICATES)  # duplicate and near-duplicate embedding rows
+@example(batch=ZERO_PENALTY_OVERFLOW)  # a zero penalty on a term that overflowed to inf
 def test_loss_gradients_agree_with_the_baseline(
     loss_target, loss_baseline, contract_device, term, batch
 ):
@@ -246,22 +253,28 @@ def test_count_metrics_agree_with_the_baseline(
     )
 
 
+# Targets around 1e8 streamed in uneven batches: where a rewrite of R² loses digits.
+OFFSET = (
+    RegressionData(
+        1e8 + torch.tensor([0.5, -1.0, 1.5, 0.0, 2.0, -0.5], dtype=torch.float64),
+        1e8 + torch.tensor([0.0, -1.0, 1.0, 0.5, 1.5, -1.0], dtype=torch.float64),
+        "offset",
+    ),
+    Partition((2, 0, 1, 3)),
+)
+
+
 @pytest.mark.rule("C-REGRESS-4", term="regression")
 def test_offset_regression_metrics_agree_with_the_baseline(
     metrics_target, metrics_baseline, regress_selection, contract_device
 ):
-    # Targets around 1e8 streamed in uneven batches: where a rewrite of R² loses digits.
-    data = RegressionData(
-        1e8 + torch.tensor([0.5, -1.0, 1.5, 0.0, 2.0, -0.5], dtype=torch.float64),
-        1e8 + torch.tensor([0.0, -1.0, 1.0, 0.5, 1.5, -1.0], dtype=torch.float64),
-        "offset",
-    )
+    data, partition = OFFSET
     check_regress_metrics(
         metrics_target,
         data,
         metric="regression",
         baseline=metrics_baseline,
-        partition=Partition((2, 0, 1, 3)),
+        partition=partition,
         keys=regress_selection.keys("regression"),
         ignore=regress_selection.ignored("regression"),
         device=contract_device,

@@ -22,12 +22,14 @@ from hypothesis import strategies as st
 import aam
 from aam.training.losses import MultiTaskLoss
 from robustness.baseline import RegressSelection, materialized, rename_imports
+from robustness.contract.test_loss_rules import DUPLICATES, ZERO_PENALTY_OVERFLOW
 from robustness.contract.test_regress_rules import (
     ABSENT,
     BATCHES,
     HALF_SQUARES,
     HUGE_COUNTS,
     NAN_PADDING,
+    OFFSET,
     REMAINDER,
     UNEQUAL,
 )
@@ -232,6 +234,8 @@ def _differential_failure(mutant: Mutant) -> ContractViolation | None:
         @given(batch=BATCHES)
         @example(batch=REMAINDER)
         @example(batch=HUGE_COUNTS)
+        @example(batch=DUPLICATES)
+        @example(batch=ZERO_PENALTY_OVERFLOW)
         def search(batch):
             for check in LOSS_CHECKS:
                 for term in LOSS_TERMS:
@@ -246,6 +250,7 @@ def _differential_failure(mutant: Mutant) -> ContractViolation | None:
         @example(case=("regression", UNEQUAL))
         @example(case=("classification", ABSENT))
         @example(case=("count", NAN_PADDING))
+        @example(case=("regression", OFFSET))
         def search(case):
             metric, (data, partition) = case
             check_regress_metrics(
