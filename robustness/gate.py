@@ -363,7 +363,8 @@ def _pytest_args(options: argparse.Namespace, loss_spec: str, metrics_spec: str)
         "--tb=no",
     ]
     if options.workers:
-        args += ["-n", str(options.workers)]
+        # loadgroup: tests marked xdist_group (the process-group rules) share one worker.
+        args += ["-n", str(options.workers), "--dist", "loadgroup"]
     if options.rules:
         args += ["--robustness-rules", options.rules]
     if options.maxfail:

@@ -22,7 +22,7 @@ _SUPPRESSED = (HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.lar
 
 PROFILES: dict[str, settings] = {
     "dev": settings(
-        max_examples=15,
+        max_examples=10,
         deadline=None,
         derandomize=True,
         database=None,

@@ -39,6 +39,10 @@ from robustness.strategies._metric_data import (
 )
 from robustness.target import find_gathered_loss
 
+# Every test here starts (or reuses) real process groups: keep them on one xdist worker
+# (--dist loadgroup) so the groups are spawned once, not once per worker.
+pytestmark = pytest.mark.xdist_group("process-groups")
+
 WORLD_SIZES = (2, 3)
 
 _FAMILY_DATA = {

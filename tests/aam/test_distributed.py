@@ -24,6 +24,10 @@ from aam.training.metrics import (
 )
 from robustness.process_group import close_pools, shared_pool
 
+# Every test here starts (or reuses) real process groups: keep them on one xdist worker
+# (--dist loadgroup) so the groups are spawned once, not once per worker.
+pytestmark = pytest.mark.xdist_group("process-groups")
+
 TABLE = torch.tensor(
     [
         [0.0, 0.3, 0.9, 0.4],

@@ -46,6 +46,10 @@ from robustness.target import (
     load_metrics_target,
 )
 
+# Every test here starts (or reuses) real process groups: keep them on one xdist worker
+# (--dist loadgroup) so the groups are spawned once, not once per worker.
+pytestmark = pytest.mark.xdist_group("process-groups")
+
 BROKEN = "tests.robustness.broken_distributed"
 AAM_LOSS = "aam.training.distributed:gathered_base_loss"
 
