@@ -225,6 +225,7 @@ class _PendingCheck:
     finite_bad: list[Tensor]
     ids_bad: list[Tensor]
     counts: list[Tensor]
+    screened: frozenset[str]
 
 
 # Set by MultiTaskLoss.forward: while it holds a list, _check_values queues its counts there
@@ -233,11 +234,22 @@ class _PendingCheck:
 _DEFERRED: ContextVar[list[_PendingCheck] | None] = ContextVar("_DEFERRED", default=None)
 
 
-def _check_values(term: str, finite: Sequence[_FiniteCheck], ids: Sequence[_IdCheck] = ()) -> None:
+def _check_values(
+    term: str,
+    finite: Sequence[_FiniteCheck],
+    ids: Sequence[_IdCheck] = (),
+    screens: Mapping[str, tuple[Tensor, Tensor | None]] | None = None,
+) -> None:
     """Raise on non-finite values or out-of-range ids at valid positions; one host sync.
 
     Inside :meth:`MultiTaskLoss.forward` the check is queued instead and forward raises after
     one sync for all terms (callers then must not index with unchecked ids: they clamp).
+
+    ``screens`` maps a key of ``finite`` to a smaller ``(tensor, valid)`` that is non-finite
+    wherever the full tensor has a non-finite valid entry (e.g. its sums over the last
+    dimension: NaN and ±inf propagate into a sum). The normal path then reads only the
+    screen; a flagged screen is confirmed on the full tensor, so a finite sum that merely
+    overflowed raises nothing.
 
     Raises:
         NonFiniteOutputError: naming the first tensor with a non-finite valid entry.
@@ -248,7 +260,9 @@ def _check_values(term: str, finite: Sequence[_FiniteCheck], ids: Sequence[_IdCh
     finite_bad: list[Tensor] = []
     ids_bad: list[Tensor] = []
     with torch.no_grad():
-        for _, tensor, valid in finite:
+        for key, tensor, valid in finite:
+            if screens and key in screens:
+                tensor, valid = screens[key]
             bad = ~torch.isfinite(tensor)
             finite_bad.append(bad if valid is None else bad & valid)
             counts.append(finite_bad[-1].sum())
@@ -260,7 +274,9 @@ def _check_values(term: str, finite: Sequence[_FiniteCheck], ids: Sequence[_IdCh
             counts.append(ids_bad[-1].sum())
     if not counts:
         return
-    pending = _PendingCheck(term, finite, ids, finite_bad, ids_bad, counts)
+    pending = _PendingCheck(
+        term, finite, ids, finite_bad, ids_bad, counts, frozenset(screens or ())
+    )
     queue = _DEFERRED.get()
     if queue is not None:
         queue.append(pending)
@@ -289,6 +305,11 @@ def _raise_first(check: _PendingCheck, found: Sequence[int]) -> None:
     for (key, tensor, valid), bad, count in zip(
         finite, check.finite_bad, found[: len(finite)], strict=True
     ):
+        if count and key in check.screened:
+            # Error path only: confirm the screen's flag on the full tensor.
+            bad = ~torch.isfinite(tensor)
+            bad = bad if valid is None else bad & valid
+            count = int(bad.sum())
         if count:
             index, value = _first_bad(bad, tensor)
             raise NonFiniteOutputError(
@@ -719,15 +740,20 @@ class MultiTaskLoss(nn.Module):
         )
         vocab = logits.shape[-1]
         valid = mask != 0
+        dtype = _compute_dtype(logits)
+        # Double where: sanitise logits and ids at padded positions *before* logsumexp and
+        # gather, so garbage there yields neither NaN values nor NaN gradients.
+        safe_logits = torch.where(valid.unsqueeze(-1), logits.to(dtype), 0.0)
+        with torch.no_grad():
+            # A NaN/±inf logit makes its position's sum non-finite: one pass over the logits
+            # instead of three (isfinite, and, sum) for the non-finite check.
+            screen = safe_logits.sum(dim=-1)
         _check_values(
             term,
             [("nuc_predictions", logits, valid.unsqueeze(-1))],
             [("nucleotides", ids, valid, vocab)],
+            screens={"nuc_predictions": (screen, valid)},
         )
-        dtype = _compute_dtype(logits)
-        # Double where: sanitise logits and ids at padded positions *before* log_softmax and
-        # gather, so garbage there yields neither NaN values nor NaN gradients.
-        safe_logits = torch.where(valid.unsqueeze(-1), logits.to(dtype), 0.0)
         # Clamped too: inside forward the id range check is queued until after this gather.
         safe_ids = torch.where(valid, ids.long(), 0).clamp_(0, vocab - 1)
         # nll = logsumexp(x) - x[id], each side pre-scaled before the subtraction: one

@@ -1190,3 +1190,25 @@ def test_overflowing_pairwise_distances_of_finite_embeddings_give_inf_not_an_err
     nan_emb[1, 0] = math.nan
     with pytest.raises(NonFiniteOutputError, match="embeddings"):
         MultiTaskLoss()({"embeddings": nan_emb}, {"base_target": base})
+
+
+def test_nucleotide_check_screens_by_row_sums_and_confirms_on_the_logits(contract_device):
+    # The non-finite check reads per-position sums of the logits; a sum that overflows from
+    # finite logits must not raise, while -inf (which logsumexp would absorb) still must.
+    big = torch.finfo(torch.float32).max
+    logits = torch.zeros((1, 2, 3, 4), device=contract_device)
+    logits[0, 0, 1] = torch.tensor([big, big, 0.0, 0.0])  # sum overflows; every logit finite
+    ids = torch.zeros((1, 2, 3), dtype=torch.int64, device=contract_device)
+    mask = torch.ones((1, 2, 3), dtype=torch.bool, device=contract_device)
+    for call in (
+        lambda x: MultiTaskLoss().compute_nucleotide_loss(x, ids, mask),
+        lambda x: MultiTaskLoss()({"nuc_predictions": x}, {"nucleotides": ids, "nuc_mask": mask})[
+            "nuc_loss"
+        ],
+    ):
+        assert torch.isfinite(call(logits))
+        bad = logits.clone()
+        bad[0, 1, 2, 3] = -math.inf
+        with pytest.raises(NonFiniteOutputError, match=r"nuc_predictions has 1 non-finite") as info:
+            call(bad)
+        assert "(0, 1, 2, 3)" in str(info.value)
