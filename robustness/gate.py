@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import re
@@ -474,7 +475,10 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         collector = _Collector()
         started = time.perf_counter()
-        with _hermetic_plugins(options.workers):
+        # pytest's own progress lines are noise next to the gate's table: keep them, and
+        # show them only when the run itself broke (they then hold pytest's explanation).
+        pytest_output = io.StringIO()
+        with _hermetic_plugins(options.workers), contextlib.redirect_stdout(pytest_output):
             code = pytest.main(
                 _pytest_args(options, loss.spec, metrics.spec) + baseline.args(),
                 plugins=[collector],
@@ -484,10 +488,16 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
     outcomes = list(collector.outcomes.values())
     failures = [o for o in outcomes if o.outcome == "failed"]
     rows = _rows(outcomes)
+    broke = collector.errors or code in (
+        pytest.ExitCode.INTERNAL_ERROR,
+        pytest.ExitCode.INTERRUPTED,
+    )
+    if broke or code == pytest.ExitCode.USAGE_ERROR:
+        print(pytest_output.getvalue(), end="", file=sys.stderr)
     if code == pytest.ExitCode.USAGE_ERROR:
         print("robustness gate: error: pytest rejected the options (see above)", file=sys.stderr)
         return EXIT_USAGE
-    if collector.errors or code in (pytest.ExitCode.INTERNAL_ERROR, pytest.ExitCode.INTERRUPTED):
+    if broke:
         for error in collector.errors:
             print(f"robustness gate: {error}", file=sys.stderr)
         print(f"robustness gate: the run broke (pytest exit {int(code)})", file=sys.stderr)

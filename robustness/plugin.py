@@ -157,6 +157,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "rule(rule_id): the contract rule (e.g. C-MASK-1) a test checks"
     )
+    # Also registered by pytest-xdist; repeated here so the process-group modules still
+    # import with xdist disabled (the gate's --workers 0).
+    config.addinivalue_line(
+        "markers", "xdist_group(name): tests that must share one xdist worker (--dist loadgroup)"
+    )
     device = _device_choice(config)
     if device not in DEVICE_CHOICES:
         raise pytest.UsageError(
