@@ -62,7 +62,9 @@ _GATE_PLUGINS = (
     "_hypothesis_pytestplugin",
     "robustness.plugin",
 )
-_EXAMPLES_RE = re.compile(r"(\d+) passing examples, (\d+) failing examples")
+# Hypothesis's per-phase statistics line: "N passing examples, M failing examples" up to
+# 6.16x, "N passing, M failing, and K invalid test cases" since.
+_EXAMPLES_RE = re.compile(r"(\d+) passing(?: examples)?, (\d+) failing")
 
 
 @dataclass

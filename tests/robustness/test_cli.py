@@ -75,3 +75,21 @@ def test_no_command_prints_usage_and_exits_2():
     assert done.returncode == 2
     assert "gate" in done.stdout
     assert "replay" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("passing", "failing"),
+    [
+        ("passing examples", "failing examples, 0 invalid examples"),  # hypothesis <= 6.16x
+        ("passing", "failing, and 0 invalid test cases"),  # hypothesis >= 6.17x
+    ],
+    ids=["old-format", "new-format"],
+)
+def test_examples_are_counted_from_both_hypothesis_statistics_formats(passing, failing):
+    from robustness.gate import _EXAMPLES_RE
+
+    stats = (
+        f"  - during explicit phase (0.01 seconds):\n    - 3 {passing}, 0 {failing}\n"
+        f"  - during generate phase (0.21 seconds):\n    - 58 {passing}, 2 {failing}\n"
+    )
+    assert sum(int(a) + int(b) for a, b in _EXAMPLES_RE.findall(stats)) == 63
