@@ -24,7 +24,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from robustness.baseline import RegressSelection
-from robustness.contract.test_loss_rules import DUPLICATES, ZERO_PENALTY_OVERFLOW
+from robustness.contract.test_loss_rules import (
+    ALL_PADDING,
+    DUPLICATES,
+    SINGLE,
+    ZERO_PENALTY_OVERFLOW,
+    _full_batch,
+)
 from robustness.properties._losses import GARBAGE_FILLS, LOSS_TERMS
 from robustness.properties._regress import (
     check_regress_gradients,
@@ -115,16 +121,47 @@ def _huge_counts(batch: MultiTaskBatch) -> MultiTaskBatch:
 HUGE_COUNTS = _huge_counts(REMAINDER)
 
 
+def _nan_at_valid() -> MultiTaskBatch:
+    """NaN at a *valid* count prediction: the baseline raises, so must the candidate."""
+    batch = _full_batch(3, seed=9)
+    outputs = dict(batch.outputs)
+    outputs["count_prediction"] = batch.outputs["count_prediction"].clone()
+    outputs["count_prediction"][1, 0, 0] = math.nan  # sample 1 has one valid ASV
+    return dataclasses.replace(batch, outputs=outputs)
+
+
+NAN_AT_VALID = _nan_at_valid()
+# Classification whose class weights are all 0: the weighted mean is 0/0 unless guarded.
+ZERO_WEIGHTS = dataclasses.replace(
+    _full_batch(3, classifier=True, seed=10),
+    loss_kwargs={"penalty": 1.0, "nuc_penalty": 0.5, "class_weights": torch.zeros(3)},
+)
+# The generated inputs rarely hit these; every loss comparison tries them first.
+LOSS_EXAMPLES = (
+    REMAINDER,
+    HUGE_COUNTS,
+    DUPLICATES,  # duplicate and near-duplicate embedding rows
+    ZERO_PENALTY_OVERFLOW,  # a zero penalty on a term that overflowed to inf
+    ALL_PADDING,  # no valid position anywhere
+    SINGLE,  # B = 1
+    NAN_AT_VALID,
+    ZERO_WEIGHTS,
+)
+
+
+def _loss_examples(test: Any) -> Any:
+    for batch in reversed(LOSS_EXAMPLES):
+        test = example(batch=batch)(test)
+    return test
+
+
 # --------------------------------------------------------------------------- C-REGRESS-1..3
 
 
 @pytest.mark.rule("C-REGRESS-1")
 @pytest.mark.parametrize("term", LOSS_TERMS)
 @given(batch=BATCHES)
-@example(batch=REMAINDER)
-@example(batch=HUGE_COUNTS)
-@example(batch=DUPLICATES)  # duplicate and near-duplicate embedding rows
-@example(batch=ZERO_PENALTY_OVERFLOW)  # a zero penalty on a term that overflowed to inf
+@_loss_examples
 def test_loss_values_agree_with_the_baseline(
     loss_target, loss_baseline, contract_device, term, batch
 ):
@@ -134,10 +171,7 @@ def test_loss_values_agree_with_the_baseline(
 @pytest.mark.rule("C-REGRESS-2")
 @pytest.mark.parametrize("term", LOSS_TERMS)
 @given(batch=BATCHES)
-@example(batch=REMAINDER)
-@example(batch=HUGE_COUNTS)
-@example(batch=DUPLICATES)  # duplicate and near-duplicate embedding rows
-@example(batch=ZERO_PENALTY_OVERFLOW)  # a zero penalty on a term that overflowed to inf
+@_loss_examples
 def test_loss_is_finite_and_raises_where_the_baseline_does(
     loss_target, loss_baseline, contract_device, term, batch
 ):
@@ -147,10 +181,7 @@ def test_loss_is_finite_and_raises_where_the_baseline_does(
 @pytest.mark.rule("C-REGRESS-3")
 @pytest.mark.parametrize("term", LOSS_TERMS)
 @given(batch=BATCHES)
-@example(batch=REMAINDER)
-@example(batch=HUGE_COUNTS)
-@example(batch=DUPLICATES)  # duplicate and near-duplicate embedding rows
-@example(batch=ZERO_PENALTY_OVERFLOW)  # a zero penalty on a term that overflowed to inf
+@_loss_examples
 def test_loss_gradients_agree_with_the_baseline(
     loss_target, loss_baseline, contract_device, term, batch
 ):
@@ -193,6 +224,18 @@ NAN_PADDING = (
 )
 
 
+# Valid ASVs in every batch: a merge that moves (rather than copies) the other state's sums
+# only shows when the merged-in states hold data.
+SPREAD_COUNTS = (
+    CountData(
+        torch.tensor([[1.0, 2.0], [3.0, 5.0], [4.0, -1.0]]).unsqueeze(-1),
+        torch.tensor([[2.0, 2.0], [1.0, 5.5], [4.0, 0.0]]).unsqueeze(-1),
+        torch.tensor([[True, True], [True, False], [True, True]]),
+    ),
+    Partition((1, 1, 1)),
+)
+
+
 def _check_metrics(
     metrics_target: MetricsTarget,
     metrics_baseline: MetricsTarget,
@@ -214,10 +257,18 @@ def _check_metrics(
     )
 
 
+# Constant targets: R² is defined by the contract (C-METRIC-EDGE-1), not by SSE / SST = x/0.
+CONSTANT = (
+    RegressionData(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 2.0])),
+    Partition((1, 2)),
+)
+
+
 @pytest.mark.rule("C-REGRESS-4", term="regression")
 @given(case=partitioned(regression_data()))
 @example(case=(HALF_SQUARES, Partition((3,))))
 @example(case=UNEQUAL)
+@example(case=CONSTANT)
 def test_regression_metrics_agree_with_the_baseline(
     metrics_target, metrics_baseline, regress_selection, contract_device, case
 ):
@@ -245,6 +296,7 @@ def test_classification_metrics_agree_with_the_baseline(
 @pytest.mark.rule("C-REGRESS-4", term="count")
 @given(case=partitioned(count_data()))
 @example(case=NAN_PADDING)
+@example(case=SPREAD_COUNTS)
 def test_count_metrics_agree_with_the_baseline(
     metrics_target, metrics_baseline, regress_selection, contract_device, case
 ):

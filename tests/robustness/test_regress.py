@@ -22,16 +22,18 @@ from hypothesis import strategies as st
 import aam
 from aam.training.losses import MultiTaskLoss
 from robustness.baseline import RegressSelection, materialized, rename_imports
-from robustness.contract.test_loss_rules import DUPLICATES, ZERO_PENALTY_OVERFLOW
 from robustness.contract.test_regress_rules import (
     ABSENT,
     BATCHES,
+    CONSTANT,
     HALF_SQUARES,
     HUGE_COUNTS,
     NAN_PADDING,
     OFFSET,
     REMAINDER,
+    SPREAD_COUNTS,
     UNEQUAL,
+    _loss_examples,
 )
 from robustness.errors import (
     ContractViolation,
@@ -232,10 +234,7 @@ def _differential_failure(mutant: Mutant) -> ContractViolation | None:
 
         @SEARCH
         @given(batch=BATCHES)
-        @example(batch=REMAINDER)
-        @example(batch=HUGE_COUNTS)
-        @example(batch=DUPLICATES)
-        @example(batch=ZERO_PENALTY_OVERFLOW)
+        @_loss_examples
         def search(batch):
             for check in LOSS_CHECKS:
                 for term in LOSS_TERMS:
@@ -250,7 +249,9 @@ def _differential_failure(mutant: Mutant) -> ContractViolation | None:
         @example(case=("regression", UNEQUAL))
         @example(case=("classification", ABSENT))
         @example(case=("count", NAN_PADDING))
+        @example(case=("count", SPREAD_COUNTS))
         @example(case=("regression", OFFSET))
+        @example(case=("regression", CONSTANT))
         def search(case):
             metric, (data, partition) = case
             check_regress_metrics(
