@@ -415,6 +415,13 @@ def _rule_key(key: tuple[str, str]) -> tuple[int, str, str]:
     return (0 if rule.startswith("C-") else 1, rule, term)
 
 
+def _examples_cell(row: dict[str, Any]) -> str:
+    # Hypothesis reports no statistics for a test that failed: say so rather than print 0.
+    if row["status"] == "FAIL" and not row["examples"]:
+        return "(failed)"
+    return str(row["examples"])
+
+
 def _render(rows: list[dict[str, Any]], failures: list[TestOutcome]) -> str:
     header = ("rule", "term", "verdict", "examples", "seconds")
     body = [
@@ -427,7 +434,7 @@ def _render(rows: list[dict[str, Any]], failures: list[TestOutcome]) -> str:
                 if r["skipped"] and r["status"] != "skipped"
                 else ""
             ),
-            str(r["examples"]),
+            _examples_cell(r),
             f"{r['seconds']:.2f}",
         )
         for r in rows
