@@ -332,6 +332,36 @@ def _raise_first(check: _PendingCheck, found: Sequence[int]) -> None:
             )
 
 
+def _count_inputs(
+    count_pred: Tensor, count_true: Tensor, mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The count term's validation; returns ``(pred, true, valid)``, ``valid`` ``[B, A, 1]``.
+
+    Raises:
+        ValueError: on a shape mismatch, naming both shapes.
+        NonFiniteOutputError: on NaN/inf at a valid ASV of the prediction or the truth.
+    """
+    term = "count_loss"
+    pred = _require_tensor(term, "count_prediction", count_pred)
+    true = _require_tensor(term, "counts", count_true)
+    mask = _require_tensor(term, "mask", mask)
+    _require_floating(term, "count_prediction", pred)
+    _require_real(term, "counts", true)
+    _require_real(term, "mask", mask)
+    if pred.ndim != 3 or pred.shape[-1] != 1:
+        raise ValueError(f"{term}: count_prediction must be [B, A, 1], got shape {_shape(pred)}")
+    _require_same_shape(term, "count_prediction", pred, "counts", true)
+    if mask.shape != pred.shape[:-1]:
+        raise ValueError(
+            f"{term}: mask shape {_shape(mask)} does not match count_prediction "
+            f"{_shape(pred)}; expected mask [B, A] = {_shape(pred)[:-1]}"
+        )
+    _require_same_device(term, [("count_prediction", pred), ("counts", true), ("mask", mask)])
+    valid = (mask != 0).unsqueeze(-1)
+    _check_values(term, [("count_prediction", pred, valid), ("counts", true, valid)])
+    return pred, true, valid
+
+
 # --------------------------------------------------------------------------------------------
 # Numerics: pre-scaled means over selected positions
 # --------------------------------------------------------------------------------------------
@@ -602,26 +632,7 @@ class MultiTaskLoss(nn.Module):
             ValueError: on a shape mismatch, naming both shapes.
             NonFiniteOutputError: on NaN/inf at a valid ASV of the prediction or the truth.
         """
-        term = "count_loss"
-        pred = _require_tensor(term, "count_prediction", count_pred)
-        true = _require_tensor(term, "counts", count_true)
-        mask = _require_tensor(term, "mask", mask)
-        _require_floating(term, "count_prediction", pred)
-        _require_real(term, "counts", true)
-        _require_real(term, "mask", mask)
-        if pred.ndim != 3 or pred.shape[-1] != 1:
-            raise ValueError(
-                f"{term}: count_prediction must be [B, A, 1], got shape {_shape(pred)}"
-            )
-        _require_same_shape(term, "count_prediction", pred, "counts", true)
-        if mask.shape != pred.shape[:-1]:
-            raise ValueError(
-                f"{term}: mask shape {_shape(mask)} does not match count_prediction "
-                f"{_shape(pred)}; expected mask [B, A] = {_shape(pred)[:-1]}"
-            )
-        _require_same_device(term, [("count_prediction", pred), ("counts", true), ("mask", mask)])
-        valid = (mask != 0).unsqueeze(-1)
-        _check_values(term, [("count_prediction", pred, valid), ("counts", true, valid)])
+        pred, true, valid = _count_inputs(count_pred, count_true, mask)
         dtype = _compute_dtype(pred, true)
         p = torch.where(valid, pred.to(dtype), 0.0)
         t = torch.where(valid, true.to(dtype), 0.0)

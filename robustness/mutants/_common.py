@@ -13,15 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from aam.training.losses import (
-    _check_values,
-    _compute_dtype,
-    _require_floating,
-    _require_real,
-    _require_same_device,
-    _require_same_shape,
-    _require_tensor,
-)
+from aam.training.losses import _compute_dtype, _count_inputs
 
 __all__ = ["count_inputs", "fed_once"]
 
@@ -35,26 +27,7 @@ def count_inputs(
         ValueError: on a shape mismatch, naming both shapes.
         NonFiniteOutputError: on NaN/inf at a valid ASV of the prediction or the truth.
     """
-    term = "count_loss"
-    pred = _require_tensor(term, "count_prediction", count_pred)
-    true = _require_tensor(term, "counts", count_true)
-    mask = _require_tensor(term, "mask", mask)
-    _require_floating(term, "count_prediction", pred)
-    _require_real(term, "counts", true)
-    _require_real(term, "mask", mask)
-    if pred.ndim != 3 or pred.shape[-1] != 1:
-        raise ValueError(
-            f"{term}: count_prediction must be [B, A, 1], got shape {tuple(pred.shape)}"
-        )
-    _require_same_shape(term, "count_prediction", pred, "counts", true)
-    if mask.shape != pred.shape[:-1]:
-        raise ValueError(
-            f"{term}: mask shape {tuple(mask.shape)} does not match count_prediction "
-            f"{tuple(pred.shape)}"
-        )
-    _require_same_device(term, [("count_prediction", pred), ("counts", true), ("mask", mask)])
-    valid = (mask != 0).unsqueeze(-1)
-    _check_values(term, [("count_prediction", pred, valid), ("counts", true, valid)])
+    pred, true, valid = _count_inputs(count_pred, count_true, mask)
     return valid, _compute_dtype(pred, true)
 
 
