@@ -873,6 +873,7 @@ def _shape_target_vector(b: MultiTaskBatch) -> tuple[MultiTaskBatch, str, str]:
 
 
 def _shape_target_rows(b: MultiTaskBatch) -> tuple[MultiTaskBatch, str, str]:
+    # One more row of targets than predictions: regression [B+1, D] or class ids [B+1].
     return (
         _set(b, targets={"target": _append(b.targets["target"], 0)}),
         "target",
@@ -883,14 +884,6 @@ def _shape_target_rows(b: MultiTaskBatch) -> tuple[MultiTaskBatch, str, str]:
 def _shape_class_column(b: MultiTaskBatch) -> tuple[MultiTaskBatch, str, str]:
     return (
         _set(b, targets={"target": b.targets["target"].unsqueeze(1)}),
-        "target",
-        "target_prediction",
-    )
-
-
-def _shape_class_rows(b: MultiTaskBatch) -> tuple[MultiTaskBatch, str, str]:
-    return (
-        _set(b, targets={"target": _append(b.targets["target"], 0)}),
         "target",
         "target_prediction",
     )
@@ -975,7 +968,7 @@ LOSS_SHAPE_CASES: dict[str, _ShapeCase] = {
         "target_loss", _CLS, _shape_class_column, "class ids [B, 1] vs log-probs [B, K]"
     ),
     "class_ids_rows": _ShapeCase(
-        "target_loss", _CLS, _shape_class_rows, "class ids [B+1] vs log-probs [B, K]"
+        "target_loss", _CLS, _shape_target_rows, "class ids [B+1] vs log-probs [B, K]"
     ),
     "count_mask_asvs": _ShapeCase(
         "count_loss", {"terms": ("count",)}, _shape_mask_asvs, "mask [B, A+1] vs [B, A, 1]"
