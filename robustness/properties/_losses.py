@@ -1016,6 +1016,46 @@ def _shapes_in(message: str) -> set[tuple[int, ...]]:
     return {tuple(int(n) for n in m.split(",")) for m in _SHAPE_RE.findall(message)}
 
 
+def _expect_value_error(
+    ctx: _Case,
+    loss: LossTarget,
+    bad: MultiTaskBatch,
+    details: dict[str, object],
+    missing_in: Callable[[str], str],
+    *,
+    what: str,
+    silently: str,
+) -> None:
+    """Run ``bad`` through ``loss``: it must raise ``ValueError`` whose message names all.
+
+    ``missing_in(message)`` says what the message fails to name ("" when nothing).
+
+    Raises:
+        ContractViolation: if nothing is raised, another exception is, or something is missing.
+    """
+    try:
+        value = _value(ctx, _forward(loss.make(**bad.loss_kwargs), bad.with_grad()))
+    except ValueError as exc:
+        missing = missing_in(str(exc))
+        if missing:
+            raise ctx.violation(
+                f"the ValueError for {what} does not name {missing}",
+                {**details, "exception": _exc(exc)},
+            ) from exc
+        return
+    except ContractViolation:
+        raise
+    except Exception as exc:
+        raise ctx.violation(
+            f"{what} raised {type(exc).__name__}, not ValueError",
+            {**details, "exception": _exc(exc)},
+        ) from exc
+    raise ctx.violation(
+        f"{what} was {silently} instead of raising ValueError",
+        {**details, "returned": _num(value)},
+    )
+
+
 def _names(message: str, name: str) -> bool:
     """``name`` appears as a whole identifier (``penalty`` is not found in ``nuc_penalty``)."""
     return re.search(rf"(?<![\w]){re.escape(name)}(?![\w])", message) is not None
@@ -1064,10 +1104,8 @@ def check_shape_mismatch(loss: LossTarget, batch: MultiTaskBatch, *, term: str, 
     details: dict[str, object] = {
         "mismatch": f"{spec.description}: {bad_key} {bad_shape} vs {other_key} {other_shape}",
     }
-    try:
-        value = _value(ctx, _forward(loss.make(**bad.loss_kwargs), bad.with_grad()))
-    except ValueError as exc:
-        message = str(exc)
+
+    def missing_in(message: str) -> str:
         missing = []
         if not (_names(message, term) or _names(message, bad_key)):
             missing.append(f"the term {term!r} (or the tensor {bad_key!r})")
@@ -1075,23 +1113,16 @@ def check_shape_mismatch(loss: LossTarget, batch: MultiTaskBatch, *, term: str, 
         for key, shape in ((bad_key, bad_shape), (other_key, other_shape)):
             if shape not in shapes:
                 missing.append(f"the shape of {key} {shape}")
-        if missing:
-            raise ctx.violation(
-                f"the ValueError for a shape mismatch does not name {' and '.join(missing)}",
-                {**details, "exception": _exc(exc)},
-            ) from exc
-        return
-    except ContractViolation:
-        raise
-    except Exception as exc:
-        raise ctx.violation(
-            f"a shape mismatch raised {type(exc).__name__}, not ValueError",
-            {**details, "exception": _exc(exc)},
-        ) from exc
-    raise ctx.violation(
-        "a shape mismatch was accepted silently (broadcast or sliced) instead of raising "
-        "ValueError",
-        {**details, "returned": _num(value)},
+        return " and ".join(missing)
+
+    _expect_value_error(
+        ctx,
+        loss,
+        bad,
+        details,
+        missing_in,
+        what="a shape mismatch",
+        silently="accepted silently (broadcast or sliced)",
     )
 
 
@@ -1263,26 +1294,14 @@ def check_invalid_inputs(loss: LossTarget, batch: MultiTaskBatch, *, term: str, 
     bad = spec.build(batch)
     ctx = _Case("C-INPUT-1", term, check_invalid_inputs, batch, {"case": case})
     details: dict[str, object] = {"invalid value": spec.description}
-    try:
-        value = _value(ctx, _forward(loss.make(**bad.loss_kwargs), bad.with_grad()))
-    except ValueError as exc:
-        missing = [name for name in spec.names if not _names(str(exc), name)]
-        if missing:
-            raise ctx.violation(
-                f"the ValueError for {spec.description} does not name {', '.join(missing)}",
-                {**details, "exception": _exc(exc)},
-            ) from exc
-        return
-    except ContractViolation:
-        raise
-    except Exception as exc:
-        raise ctx.violation(
-            f"{spec.description} raised {type(exc).__name__}, not ValueError",
-            {**details, "exception": _exc(exc)},
-        ) from exc
-    raise ctx.violation(
-        f"{spec.description} was accepted silently instead of raising ValueError",
-        {**details, "returned": _num(value)},
+    _expect_value_error(
+        ctx,
+        loss,
+        bad,
+        details,
+        lambda message: ", ".join(name for name in spec.names if not _names(message, name)),
+        what=spec.description,
+        silently="accepted silently",
     )
 
 
