@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from robustness.errors import ContractViolation, HarnessUsageError, ReplaySpec
-from robustness.properties._losses import LOSS_TERMS, _budget
+from robustness.properties._losses import LOSS_TERMS, _budget, _compare, _tolerance_text
 from robustness.properties._metrics import METRIC_FAMILIES, _tolerances
 from robustness.strategies import MultiTaskBatch
 from robustness.strategies._metric_data import (
@@ -229,24 +229,6 @@ def _prepare(
     batch = _only_head(batch, term)
     case = _Case(rule, term, check, batch, base.spec)
     return case, _run(loss, batch, term), _run(base, batch, term)
-
-
-def _compare(actual: Tensor, expected: Tensor, tol: Tolerance) -> str | None:
-    try:
-        torch.testing.assert_close(
-            actual.detach().cpu().double(),
-            expected.detach().cpu().double(),
-            rtol=tol.rtol,
-            atol=tol.atol,
-            equal_nan=False,
-        )
-    except AssertionError as exc:
-        return str(exc)
-    return None
-
-
-def _tolerance_text(tol: Tolerance, dtype: torch.dtype, n: int, scale: float) -> str:
-    return f"{tol.describe()} ({str(dtype).removeprefix('torch.')}, n={n}, scale={scale:.6g})"
 
 
 def _positions(bad: Tensor, values: Tensor) -> str:
