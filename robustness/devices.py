@@ -7,7 +7,6 @@ parameter that is *skipped with a reason* where no GPU exists, never silently dr
 from __future__ import annotations
 
 import pytest
-import torch
 
 from robustness.errors import HarnessUsageError
 
@@ -18,6 +17,10 @@ DEVICE_CHOICES = ("cpu", "cuda", "all")
 
 def cuda_skip_reason() -> str | None:
     """Return why cuda checks cannot run here, or ``None`` when they can."""
+    # Imported here: the pytest plugin imports this module in every session of every
+    # project that installs the package, most of which never parametrize over devices.
+    import torch
+
     if not torch.backends.cuda.is_built():  # type: ignore[no-untyped-call]
         return f"cuda not available: torch {torch.__version__} is a CPU-only build"
     if not torch.cuda.is_available():
