@@ -2,11 +2,15 @@
 
 Each test draws batches with the harness's strategies and hands them, on the device under test,
 to the rule's check (``robustness.properties._losses``), which raises ``ContractViolation`` with
-a repro file. Per-term rules are parametrized over the term; the batches carry every head, so a
-term is always computed beside the others (the historical NaN came from such an interaction).
-The historical failures are explicit examples: remainder batches (B = 3 and B = 1 after a full
-batch), all-padding masks, duplicate embeddings and NaN garbage at padded positions. Example
-budgets come from the Hypothesis profile (dev / ci / thorough), never from a test.
+a repro file. Per-term rules are parametrized over the term. A per-term row is judged on the
+batch restricted to that term's head (``forward`` holding only it, as the regression guard
+does), so a bug confined to one term fails that term's rows and the ``total_loss`` rows, never
+the other terms' rows; ``total_loss`` rows keep every head, so a term is still computed beside
+the others there (the historical NaN came from such an interaction). The historical failures
+are explicit examples, restricted to the row's head like any batch: remainder batches (B = 3
+and B = 1 after a full batch), all-padding masks, duplicate embeddings and NaN garbage at
+padded positions. Example budgets come from the Hypothesis profile (dev / ci / thorough), never
+from a test.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from robustness.properties._losses import (
     check_shape_mismatch,
     check_zero_class_weights,
 )
+from robustness.properties._regress import _only_head
 from robustness.strategies import MultiTaskBatch, multitask_batches
 
 PER_HEAD = ("target_loss", "count_loss", "base_loss", "nuc_loss")
@@ -174,8 +179,18 @@ def _zero_penalty_overflow(batch: MultiTaskBatch) -> MultiTaskBatch:
 ZERO_PENALTY_OVERFLOW = _zero_penalty_overflow(_full_batch(3, seed=8))
 
 
-def _on(batch: MultiTaskBatch, device: str) -> MultiTaskBatch:
-    return batch.to(device)
+def _for(term: str, batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` restricted to ``term``'s head (every head for ``total_loss``).
+
+    A per-term row must fail only for its own term: with every head in one ``forward``, one
+    head that raises would fail every term's rows (a cascade that hides real per-term bugs).
+    """
+    return _only_head(batch, term)
+
+
+def _on(batch: MultiTaskBatch, device: str, term: str) -> MultiTaskBatch:
+    """``batch`` for ``term`` (see :func:`_for`), on ``device``."""
+    return _for(term, batch).to(device)
 
 
 # --------------------------------------------------------------------------- C-SCALAR-1
@@ -188,7 +203,7 @@ def _on(batch: MultiTaskBatch, device: str) -> MultiTaskBatch:
 @example(batch=SINGLE)
 @example(batch=ALL_PADDING)
 def test_every_term_is_a_0_dim_float(loss_target, contract_device, term, batch):
-    check_scalar_terms(loss_target, _on(batch, contract_device), term=term)
+    check_scalar_terms(loss_target, _on(batch, contract_device, term), term=term)
 
 
 # --------------------------------------------------------------------------- C-FINITE-1/2
@@ -201,7 +216,7 @@ def test_every_term_is_a_0_dim_float(loss_target, contract_device, term, batch):
 @example(batch=DUPLICATES)
 @example(batch=OVERFLOWING_SUM)
 def test_finite_inputs_give_finite_values(loss_target, contract_device, term, batch):
-    check_finite_values(loss_target, _on(batch, contract_device), term=term)
+    check_finite_values(loss_target, _on(batch, contract_device, term), term=term)
 
 
 @pytest.mark.rule("C-FINITE-2")
@@ -211,7 +226,7 @@ def test_finite_inputs_give_finite_values(loss_target, contract_device, term, ba
 @example(batch=DUPLICATES)
 @example(batch=SINGLE)
 def test_finite_inputs_give_finite_gradients(loss_target, contract_device, term, batch):
-    check_finite_gradients(loss_target, _on(batch, contract_device), term=term)
+    check_finite_gradients(loss_target, _on(batch, contract_device, term), term=term)
 
 
 # --------------------------------------------------------------------------- C-MASK-1/2
@@ -223,7 +238,7 @@ def test_finite_inputs_give_finite_gradients(loss_target, contract_device, term,
 @example(batch=NAN_PADDING)
 @example(batch=REMAINDER)
 def test_garbage_at_padding_never_changes_a_value(loss_target, contract_device, term, batch):
-    check_mask_values(loss_target, _on(batch, contract_device), term=term)
+    check_mask_values(loss_target, _on(batch, contract_device, term), term=term)
 
 
 @pytest.mark.rule("C-MASK-2")
@@ -232,7 +247,7 @@ def test_garbage_at_padding_never_changes_a_value(loss_target, contract_device, 
 @example(batch=NAN_PADDING)
 @example(batch=REMAINDER)
 def test_garbage_at_padding_gets_exactly_zero_gradient(loss_target, contract_device, term, batch):
-    check_mask_gradients(loss_target, _on(batch, contract_device), term=term)
+    check_mask_gradients(loss_target, _on(batch, contract_device, term), term=term)
 
 
 # --------------------------------------------------------------------------- C-PAD-1
@@ -253,7 +268,7 @@ def test_more_padding_never_changes_a_value(
 ):
     check_padding_invariance(
         loss_target,
-        _on(batch, contract_device),
+        _on(batch, contract_device, term),
         term=term,
         extra_asvs=extra_asvs,
         extra_len=extra_len,
@@ -270,7 +285,7 @@ def test_more_padding_never_changes_a_value(
 @example(batch=ALL_PADDING)
 @example(batch=DUPLICATES)
 def test_empty_terms_are_zero_and_connected(loss_target, contract_device, term, batch):
-    check_empty_terms(loss_target, _on(batch, contract_device), term=term)
+    check_empty_terms(loss_target, _on(batch, contract_device, term), term=term)
 
 
 # --------------------------------------------------------------------------- C-RAGGED-1
@@ -283,7 +298,7 @@ def test_empty_terms_are_zero_and_connected(loss_target, contract_device, term, 
 @example(batch=_full_batch(4, seed=5))
 @example(batch=DUPLICATES)
 def test_every_batch_size_works(loss_target, contract_device, term, batch):
-    check_ragged_batches(loss_target, _on(batch, contract_device), term=term)
+    check_ragged_batches(loss_target, _on(batch, contract_device, term), term=term)
 
 
 # --------------------------------------------------------------------------- C-SHAPE-1
@@ -296,7 +311,7 @@ def test_every_batch_size_works(loss_target, contract_device, term, batch):
 @given(data=st.data())
 def test_mismatched_shapes_raise_value_error(loss_target, contract_device, term, case, data):
     batch = data.draw(multitask_batches(**LOSS_SHAPE_CASES[case].options), label="batch")
-    check_shape_mismatch(loss_target, _on(batch, contract_device), term=term, case=case)
+    check_shape_mismatch(loss_target, _on(batch, contract_device, term), term=term, case=case)
 
 
 @pytest.mark.rule("C-SHAPE-1", term="base_loss")
@@ -304,7 +319,7 @@ def test_mismatched_shapes_raise_value_error(loss_target, contract_device, term,
 def test_remainder_batch_base_prediction_is_never_sliced(loss_target, contract_device, batch):
     # The historical bug: a [B, B+1] prediction silently sliced to the [B, B] target.
     check_shape_mismatch(
-        loss_target, _on(batch, contract_device), term="base_loss", case="base_columns"
+        loss_target, _on(batch, contract_device, "base_loss"), term="base_loss", case="base_columns"
     )
 
 
@@ -318,7 +333,7 @@ def test_remainder_batch_base_prediction_is_never_sliced(loss_target, contract_d
 @given(data=st.data())
 def test_invalid_values_raise_value_error(loss_target, contract_device, term, case, data):
     batch = data.draw(multitask_batches(**LOSS_INPUT_CASES[case].options), label="batch")
-    check_invalid_inputs(loss_target, _on(batch, contract_device), term=term, case=case)
+    check_invalid_inputs(loss_target, _on(batch, contract_device, term), term=term, case=case)
 
 
 # --------------------------------------------------------------------------- C-NONFINITE-1
@@ -333,7 +348,7 @@ def test_invalid_values_raise_value_error(loss_target, contract_device, term, ca
 def test_nonfinite_valid_predictions_raise_a_telling_error(
     loss_target, contract_device, term, batch, bad
 ):
-    check_nonfinite_detection(loss_target, _on(batch, contract_device), term=term, bad=bad)
+    check_nonfinite_detection(loss_target, _on(batch, contract_device, term), term=term, bad=bad)
 
 
 # --------------------------------------------------------------------------- C-WEIGHT-1
@@ -343,7 +358,9 @@ def test_nonfinite_valid_predictions_raise_a_telling_error(
 @given(batch=multitask_batches(terms=("target",), classifier=True))
 @example(batch=DUPLICATES)
 def test_zero_selected_class_weights_give_zero(loss_target, contract_device, batch):
-    check_zero_class_weights(loss_target, _on(batch, contract_device), term="target_loss")
+    check_zero_class_weights(
+        loss_target, _on(batch, contract_device, "target_loss"), term="target_loss"
+    )
 
 
 # --------------------------------------------------------------------------- C-REF-1
@@ -357,7 +374,7 @@ def test_zero_selected_class_weights_give_zero(loss_target, contract_device, bat
 @example(batch=NAN_PADDING)
 @example(batch=ZERO_PENALTY_OVERFLOW)
 def test_terms_match_the_float64_reference(loss_target, contract_device, term, batch):
-    check_reference_values(loss_target, _on(batch, contract_device), term=term)
+    check_reference_values(loss_target, _on(batch, contract_device, term), term=term)
 
 
 # --------------------------------------------------------------------------- C-DIST-1
@@ -373,7 +390,9 @@ _EMBEDDED = multitask_batches(terms=("base",), encoder_type="unifrac", embedding
 )
 @example(batch=DUPLICATES)
 def test_pairwise_distances_match_the_float64_reference(loss_target, contract_device, batch):
-    check_pairwise_distances(loss_target, _on(batch, contract_device), term="base_loss")
+    check_pairwise_distances(
+        loss_target, _on(batch, contract_device, "base_loss"), term="base_loss"
+    )
 
 
 # --------------------------------------------------------------------------- C-DTYPE-1
@@ -400,7 +419,7 @@ HALF_SQUARES = _as_half(_full_batch(3, scale=300.0, seed=6))
 @given(batch=multitask_batches(dtype=HALVES) | multitask_batches(dtype=HALVES, kind="extreme"))
 @example(batch=HALF_SQUARES)
 def test_half_inputs_accumulate_in_float32(loss_target, contract_device, term, batch):
-    check_half_precision(loss_target, _on(batch, contract_device), term=term)
+    check_half_precision(loss_target, _on(batch, contract_device, term), term=term)
 
 
 # --------------------------------------------------------------------------- C-DEVICE-1
@@ -420,7 +439,7 @@ def other_device(contract_device):
 @example(batch=REMAINDER)
 @example(batch=DUPLICATES)
 def test_device_results_equal_cpu_results(loss_target, other_device, term, batch):
-    check_device_agreement(loss_target, batch, term=term, device=other_device)
+    check_device_agreement(loss_target, _for(term, batch), term=term, device=other_device)
 
 
 # --------------------------------------------------------------------------- C-INVARIANT-1
@@ -436,7 +455,7 @@ def test_terms_are_nonnegative_permutation_invariant_and_sum_to_the_total(
         st.sampled_from([REMAINDER, DUPLICATES, NAN_PADDING]) | ORDINARY, label="batch"
     )
     order = data.draw(st.permutations(range(batch.batch_size)), label="permutation")
-    check_invariants(loss_target, _on(batch, contract_device), term=term, permutation=order)
+    check_invariants(loss_target, _on(batch, contract_device, term), term=term, permutation=order)
 
 
 # --------------------------------------------------------------------------- C-PURE-1
@@ -450,4 +469,4 @@ def test_terms_are_nonnegative_permutation_invariant_and_sum_to_the_total(
 def test_losses_never_modify_inputs_or_detach_predictions(
     loss_target, contract_device, term, batch
 ):
-    check_purity(loss_target, _on(batch, contract_device), term=term)
+    check_purity(loss_target, _on(batch, contract_device, term), term=term)
