@@ -12,9 +12,16 @@ also runs the differential rules C-REGRESS-1..4 against it; ``--regress-only`` a
 ``--regress-skip`` limit them to, or exclude, named terms and metrics (see
 docs/regression-guard.md).
 
-Exit status: 0 every rule holds, 1 a rule is violated, 2 usage error (bad option, a target or
-baseline that cannot be imported or lacks the interface, a revision or module that does not
-exist; one line on stderr), 3 the run itself broke.
+Failing rows are grouped by root cause (``robustness.causes``) and printed cause first. With a
+known file (``--known``, default ``robustness-known.json`` when it exists; ``--write-known``
+writes it) recorded failures are reported as ``known`` and do not fail the gate, while a new
+failure or an entry that no longer fails does (``robustness.known``).
+
+Exit status: 0 every rule holds (or fails only as recorded in the known file), 1 a rule is
+violated or a known entry is fixed, 2 usage error (bad option, a target or baseline that
+cannot be imported or lacks the interface, a revision or module that does not exist, a
+malformed known file; one line on stderr), 3 the run itself broke, 4 nothing was checked
+(every selected row was skipped, e.g. ``--device cuda`` without a GPU; one line on stderr).
 """
 
 from __future__ import annotations
@@ -40,16 +47,44 @@ from robustness.baseline import (
     RegressSelection,
     materialized,
 )
+from robustness.causes import Cause, group_causes, render_causes
 from robustness.devices import DEVICE_CHOICES
 from robustness.errors import HarnessUsageError
+from robustness.known import (
+    DEFAULT_KNOWN_FILE,
+    KnownEntry,
+    Ratchet,
+    compare,
+    load_known,
+    rewrite,
+    write_known,
+)
 from robustness.target import LossTarget, MetricsTarget, load_loss_target, load_metrics_target
 
-__all__ = ["EXIT_BROKEN", "EXIT_OK", "EXIT_USAGE", "EXIT_VIOLATION", "TestOutcome", "main"]
+__all__ = [
+    "EXIT_BROKEN",
+    "EXIT_NOTHING_CHECKED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EXIT_VIOLATION",
+    "TestOutcome",
+    "build_parser",
+    "main",
+    "run_gate",
+]
 
 EXIT_OK = 0
 EXIT_VIOLATION = 1
 EXIT_USAGE = 2
 EXIT_BROKEN = 3
+EXIT_NOTHING_CHECKED = 4
+
+_EXIT_HELP = """exit status:
+  0  every rule holds (or fails only as recorded in the known file)
+  1  a rule is violated, or a known-file entry no longer fails (rerun with --write-known)
+  2  usage error: bad option, target, baseline or known file (one line on stderr)
+  3  the run itself broke
+  4  nothing was checked: every selected row was skipped (one line on stderr says why)"""
 
 PROFILE_CHOICES = ("dev", "ci", "thorough")
 _GATE_INI = Path(__file__).with_name("gate.ini")
@@ -81,6 +116,7 @@ class TestOutcome:
     examples: int = 0
     message: str = ""
     repro: str = ""
+    hypothesis: bool = False  # whether Hypothesis reported statistics (else a plain test)
 
 
 @dataclass(eq=False)  # registered as a pytest plugin, which must be hashable
@@ -118,6 +154,7 @@ class _Collector:
             outcome.repro = str(props.get("repro", ""))
         stats = report.__dict__.get("_hypothesis_stats")
         if isinstance(stats, str):
+            outcome.hypothesis = True
             outcome.examples += sum(int(a) + int(b) for a, b in _EXAMPLES_RE.findall(stats))
 
     def pytest_collectreport(self, report: Any) -> None:
@@ -141,7 +178,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
     """The gate's command-line options."""
-    parser = _Parser(prog=prog, description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog=prog,
+        description=__doc__.splitlines()[0],
+        epilog=_EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_target_options(parser)
     parser.add_argument(
         "--profile",
@@ -193,8 +235,31 @@ def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
         help="where violations write repro files",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
+    add_known_options(parser)
     add_baseline_options(parser)
     return parser
+
+
+def add_known_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--known`` (dest ``known``) and ``--write-known``: violations that ratchet."""
+    group = parser.add_argument_group(
+        "known violations",
+        "record today's failures; fail only on new ones and on recorded ones that were fixed",
+    )
+    group.add_argument(
+        "--known",
+        dest="known",
+        default=None,
+        metavar="PATH",
+        help=f"known-violations file (default: {DEFAULT_KNOWN_FILE} in the current "
+        "directory, used when it exists)",
+    )
+    group.add_argument(
+        "--write-known",
+        action="store_true",
+        help="write this run's failures to the known file (reasons kept), then judge the "
+        "run against it",
+    )
 
 
 def add_baseline_options(parser: argparse.ArgumentParser) -> None:
@@ -381,31 +446,66 @@ def _pytest_args(options: argparse.Namespace, loss_spec: str, metrics_spec: str)
     return args
 
 
-def _rows(outcomes: Sequence[TestOutcome]) -> list[dict[str, Any]]:
-    """Group test outcomes into rule × term rows; a row fails if any of its tests failed."""
+@dataclass
+class _Row:
+    """One rule × term row of the verdict table."""
+
+    rule: str
+    term: str
+    status: str  # pass | FAIL | known | skipped
+    tests: int
+    skipped: list[str]
+    examples: int
+    seconds: float
+    cause: int | None = None  # 1-based index into the causes, for a failing row
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.rule, self.term)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _examples_of(outcome: TestOutcome) -> int:
+    # A plain (non-Hypothesis) test that passed is one example; a skipped one is none. A
+    # failed test counts what Hypothesis reported (it reports nothing for a failure).
+    if outcome.outcome == "passed" and not outcome.hypothesis:
+        return max(outcome.examples, 1)
+    return outcome.examples if outcome.outcome != "skipped" else 0
+
+
+def _rows(outcomes: Sequence[TestOutcome]) -> list[_Row]:
+    """Group test outcomes into rule × term rows; a row fails if any of its tests failed.
+
+    A row passes only if its tests ran at least one example: one whose tests were all skipped,
+    or ran none, is ``skipped`` (with the reason), never ``pass``.
+    """
     grouped: dict[tuple[str, str], list[TestOutcome]] = {}
     for outcome in outcomes:
         grouped.setdefault((outcome.rule, outcome.term), []).append(outcome)
     rows = []
     for (rule, term), members in sorted(grouped.items(), key=lambda kv: _rule_key(kv[0])):
-        ran = [m for m in members if m.outcome != "skipped"]
+        examples = sum(_examples_of(m) for m in members)
+        skipped = sorted({f"{m.device}: {m.reason}" for m in members if m.outcome == "skipped"})
         if any(m.outcome == "failed" for m in members):
             status = "FAIL"
-        elif ran:
+        elif examples:
             status = "pass"
         else:
             status = "skipped"
-        skipped = sorted({f"{m.device}: {m.reason}" for m in members if m.outcome == "skipped"})
+            if not skipped:
+                skipped = ["no examples ran"]
         rows.append(
-            {
-                "rule": rule,
-                "term": term,
-                "status": status,
-                "tests": len(members),
-                "skipped": skipped,
-                "examples": sum(m.examples for m in members),
-                "seconds": round(sum(m.seconds for m in members), 3),
-            }
+            _Row(
+                rule=rule,
+                term=term,
+                status=status,
+                tests=len(members),
+                skipped=skipped,
+                examples=examples,
+                seconds=round(sum(m.seconds for m in members), 3),
+            )
         )
     return rows
 
@@ -415,27 +515,73 @@ def _rule_key(key: tuple[str, str]) -> tuple[int, str, str]:
     return (0 if rule.startswith("C-") else 1, rule, term)
 
 
-def _examples_cell(row: dict[str, Any]) -> str:
+@dataclass
+class _Verdict:
+    """Rows, their causes, and the run judged against the known file."""
+
+    rows: list[_Row]
+    failures: list[TestOutcome]
+    causes: list[Cause]
+    ratchet: Ratchet
+
+    @property
+    def failing(self) -> dict[tuple[str, str], str]:
+        """Each failing row (new or known) -> its cause's summary."""
+        return {row: cause.summary for cause in self.causes for row in cause.rows}
+
+    @property
+    def ran(self) -> list[tuple[str, str]]:
+        return [r.key for r in self.rows if r.status != "skipped"]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.ratchet.new or self.ratchet.fixed)
+
+    @property
+    def checked(self) -> bool:
+        return any(r.status != "skipped" for r in self.rows)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.rows)
+
+
+def _judge(outcomes: Sequence[TestOutcome], known: Sequence[KnownEntry]) -> _Verdict:
+    """Rows, causes (failures read in table order) and the ratchet against ``known``."""
+    rows = _rows(outcomes)
+    order = {r.key: i for i, r in enumerate(rows)}
+    failures = sorted(
+        (o for o in outcomes if o.outcome == "failed"),
+        key=lambda o: (order[(o.rule, o.term)], o.nodeid),
+    )
+    causes = group_causes(failures)
+    verdict = _Verdict(rows, failures, causes, compare(known, {}, []))
+    verdict.ratchet = compare(known, verdict.failing, verdict.ran)
+    index = {row: i for i, cause in enumerate(causes, start=1) for row in cause.rows}
+    for row in rows:
+        row.cause = index.get(row.key)
+        if row.key in verdict.ratchet.known:
+            row.status = "known"
+    return verdict
+
+
+def _examples_cell(row: _Row) -> str:
     # Hypothesis reports no statistics for a test that failed: say so rather than print 0.
-    if row["status"] == "FAIL" and not row["examples"]:
+    if row.status in ("FAIL", "known") and not row.examples:
         return "(failed)"
-    return str(row["examples"])
+    return str(row.examples)
 
 
-def _render(rows: list[dict[str, Any]], failures: list[TestOutcome]) -> str:
-    header = ("rule", "term", "verdict", "examples", "seconds")
+def _table(rows: Sequence[_Row]) -> list[str]:
+    header = ("rule", "term", "verdict", "cause", "examples", "seconds")
     body = [
         (
-            r["rule"],
-            r["term"],
-            r["status"]
-            + (
-                f" ({len(r['skipped'])} skipped)"
-                if r["skipped"] and r["status"] != "skipped"
-                else ""
-            ),
+            r.rule,
+            r.term,
+            r.status
+            + (f" ({len(r.skipped)} skipped)" if r.skipped and r.status != "skipped" else ""),
+            str(r.cause) if r.cause else "",
             _examples_cell(r),
-            f"{r['seconds']:.2f}",
+            f"{r.seconds:.2f}",
         )
         for r in rows
     ]
@@ -446,85 +592,158 @@ def _render(rows: list[dict[str, Any]], failures: list[TestOutcome]) -> str:
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
         for line in body
     ]
-    reasons = sorted({reason for r in rows for reason in r["skipped"]})
-    if reasons:
-        lines.append("")
-        lines += [f"skipped: {reason}" for reason in reasons]
-    for failure in failures:
-        lines.append("")
-        lines.append(f"FAILED {failure.nodeid}")
-        lines.append(failure.message)
-        if failure.repro:
-            lines.append(f"  replay: python -m robustness replay {failure.repro}")
+    return lines
+
+
+def _skip_footer(rows: Sequence[_Row]) -> list[str]:
+    """Each skip reason once, with how many rows it touched (not once per row)."""
+    touched: dict[str, int] = {}
+    for row in rows:
+        for reason in row.skipped:
+            touched[reason] = touched.get(reason, 0) + 1
+    return [
+        f"skipped in {n} row{'s' if n != 1 else ''}: {reason}"
+        for reason, n in sorted(touched.items())
+    ]
+
+
+def _cause_labels(verdict: _Verdict) -> list[str]:
+    labels = []
+    for cause in verdict.causes:
+        known = sum(row in verdict.ratchet.known for row in cause.rows)
+        labels.append(
+            "" if not known else "known" if known == len(cause.rows) else f"{known} known"
+        )
+    return labels
+
+
+def _failure_lines(failure: TestOutcome) -> list[str]:
+    lines = [f"FAILED {failure.nodeid}", failure.message]
+    if failure.repro:
+        lines.append(f"  replay: python -m robustness replay {failure.repro}")
+    return lines
+
+
+def _render(verdict: _Verdict) -> str:
+    """The verdict as text: causes, table, skip reasons, failures, fixed entries.
+
+    Each cause with a new (not known) row shows one representative failure; the rest of its
+    failures are folded to one line each.
+    """
+    lines: list[str] = []
+    if verdict.causes:
+        lines += [render_causes(verdict.causes, labels=_cause_labels(verdict)), ""]
+    lines += _table(verdict.rows)
+    footer = _skip_footer(verdict.rows)
+    if footer:
+        lines += ["", *footer]
+    for i, cause in enumerate(verdict.causes, start=1):
+        if all(row in verdict.ratchet.known for row in cause.rows):
+            continue  # recorded in the known file: listed above, not repeated
+        first, *rest = cause.failures
+        assert isinstance(first, TestOutcome)
+        lines += ["", f"cause {i}: {cause.summary}", *_failure_lines(first)]
+        if rest:
+            lines.append(
+                f"  and {len(rest)} more failure{'s' if len(rest) != 1 else ''} of cause {i}:"
+            )
+            for other in rest:
+                assert isinstance(other, TestOutcome)
+                headline = other.message.splitlines()[0] if other.message else "failed"
+                replay = f" (replay {other.repro})" if other.repro else ""
+                lines.append(f"    {headline}{replay}")
+    for entry in verdict.ratchet.fixed:
+        lines += ["", f"fixed: remove it: {entry.rule} {entry.term}: {entry.cause}"]
+    if verdict.ratchet.fixed:
+        lines.append(
+            "  (no longer fails: rerun with --write-known to take it out of the known file)"
+        )
     return "\n".join(lines)
 
 
-def run_gate(argv: Sequence[str] | None = None) -> int:
-    """Run the gate with command-line ``argv``; return the exit status."""
+@dataclass
+class _PytestRun:
+    """What pytest did: its exit code, the collected outcomes, its own output, wall time."""
+
+    code: int
+    collector: _Collector
+    output: str
+    wall: float
+
+
+def _run_pytest(
+    options: argparse.Namespace, loss: LossTarget, metrics: MetricsTarget, baseline: _Baseline
+) -> _PytestRun:
     import pytest
 
-    parser = build_parser()
-    options = parser.parse_args(argv)
-    options.profile = options.profile or _default_profile()
-    for name, env in (
-        ("baseline", BASELINE_ENV),
-        ("baseline_metrics", BASELINE_METRICS_ENV),
-        ("regress_only", REGRESS_ONLY_ENV),
-        ("regress_skip", REGRESS_SKIP_ENV),
-    ):
-        setattr(options, name, getattr(options, name) or os.environ.get(env) or None)
-    with contextlib.ExitStack() as stack:
-        try:
-            loss = load_loss_target(options.target)
-            metrics = load_metrics_target(options.metrics)
-            selection = RegressSelection.parse(options.regress_only, options.regress_skip)
-            baseline = _resolve_baseline(options, loss, metrics, stack)
-        except HarnessUsageError as exc:
-            print(f"robustness gate: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        collector = _Collector()
-        started = time.perf_counter()
-        # pytest's own progress lines are noise next to the gate's table: keep them, and
-        # show them only when the run itself broke (they then hold pytest's explanation).
-        pytest_output = io.StringIO()
-        with _hermetic_plugins(options.workers), contextlib.redirect_stdout(pytest_output):
-            code = pytest.main(
-                _pytest_args(options, loss.spec, metrics.spec) + baseline.args(),
-                plugins=[collector],
-            )
-        wall = time.perf_counter() - started
+    collector = _Collector()
+    started = time.perf_counter()
+    # pytest's own progress lines are noise next to the gate's table: keep them, and show
+    # them only when the run itself broke (they then hold pytest's explanation).
+    pytest_output = io.StringIO()
+    with _hermetic_plugins(options.workers), contextlib.redirect_stdout(pytest_output):
+        code = pytest.main(
+            _pytest_args(options, loss.spec, metrics.spec) + baseline.args(),
+            plugins=[collector],
+        )
+    return _PytestRun(int(code), collector, pytest_output.getvalue(), time.perf_counter() - started)
 
-    outcomes = list(collector.outcomes.values())
-    failures = [o for o in outcomes if o.outcome == "failed"]
-    rows = _rows(outcomes)
-    broke = collector.errors or code in (
+
+def _run_problem(run: _PytestRun) -> int | None:
+    """The exit status for a run that could not give a verdict (printed why), else None."""
+    import pytest
+
+    broke = run.collector.errors or run.code in (
         pytest.ExitCode.INTERNAL_ERROR,
         pytest.ExitCode.INTERRUPTED,
     )
-    if broke or code == pytest.ExitCode.USAGE_ERROR:
-        print(pytest_output.getvalue(), end="", file=sys.stderr)
-    if code == pytest.ExitCode.USAGE_ERROR:
+    if broke or run.code == pytest.ExitCode.USAGE_ERROR:
+        print(run.output, end="", file=sys.stderr)
+    if run.code == pytest.ExitCode.USAGE_ERROR:
         print("robustness gate: error: pytest rejected the options (see above)", file=sys.stderr)
         return EXIT_USAGE
     if broke:
-        for error in collector.errors:
+        for error in run.collector.errors:
             print(f"robustness gate: {error}", file=sys.stderr)
-        print(f"robustness gate: the run broke (pytest exit {int(code)})", file=sys.stderr)
+        print(f"robustness gate: the run broke (pytest exit {run.code})", file=sys.stderr)
         return EXIT_BROKEN
-    if code == pytest.ExitCode.NO_TESTS_COLLECTED or not outcomes:
+    if run.code == pytest.ExitCode.NO_TESTS_COLLECTED or not run.collector.outcomes:
         print("robustness gate: error: no contract tests selected (check --rules)", file=sys.stderr)
         return EXIT_USAGE
+    return None
 
-    verdict = EXIT_VIOLATION if failures else EXIT_OK
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("pass", "FAIL", "skipped")}
-    examples = sum(o.examples for o in outcomes)
+
+def _nothing_checked_line(verdict: _Verdict) -> str:
+    reasons = sorted({reason for row in verdict.rows for reason in row.skipped})
+    n = len(verdict.rows)
+    return (
+        f"robustness gate: nothing was checked: all {n} selected rule×term row"
+        f"{'s were' if n != 1 else ' was'} skipped ({'; '.join(reasons)})"
+    )
+
+
+def _summary(
+    options: argparse.Namespace,
+    verdict: _Verdict,
+    run: _PytestRun,
+    loss: LossTarget,
+    metrics: MetricsTarget,
+    baseline: _Baseline,
+    selection: RegressSelection,
+) -> str:
+    examples = sum(r.examples for r in verdict.rows)
+    counts = f"{verdict.count('pass')} pass, {verdict.count('FAIL')} FAIL, "
+    if verdict.ratchet.known or verdict.ratchet.fixed or options.known_entries:
+        counts += f"{verdict.count('known')} known, {len(verdict.ratchet.fixed)} fixed, "
     summary = (
-        f"robustness gate: {'FAILED' if failures else 'passed'} — {len(rows)} rule×term rows: "
-        f"{counts['pass']} pass, {counts['FAIL']} FAIL, {counts['skipped']} skipped; "
-        f"{examples} examples in {wall:.1f} s (profile {options.profile}, "
+        f"robustness gate: {'FAILED' if verdict.failed else 'passed'} — {len(verdict.rows)} "
+        f"rule×term rows: {counts}{verdict.count('skipped')} skipped; "
+        f"{examples} examples in {run.wall:.1f} s (profile {options.profile}, "
         f"{options.workers or 'no'} workers, device {options.device})\n"
         f"  target  {loss.spec}\n  metrics {metrics.spec}"
     )
+    if options.known_path.exists() or options.write_known:
+        summary += f"\n  known   {options.known_path} ({len(options.known_entries)} entries)"
     if baseline.loss or baseline.metrics:
         source = f" at {baseline.label}" if baseline.label else ""
         summary += "".join(
@@ -540,36 +759,106 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
         )
         if not selection.everything:
             summary += f"\n  compared {selection.describe()}"
-    if not options.quiet:
-        print(_render(rows, failures))
-        print()
-    print(summary)
+    return summary
 
+
+def _write_report(
+    options: argparse.Namespace,
+    verdict: _Verdict,
+    status: int,
+    run: _PytestRun,
+    loss: LossTarget,
+    metrics: MetricsTarget,
+    baseline: _Baseline,
+) -> None:
+    outcomes = list(run.collector.outcomes.values())
+    options.report_json.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "verdict": {EXIT_OK: "pass", EXIT_NOTHING_CHECKED: "nothing checked"}.get(status, "fail"),
+        "exit_status": status,
+        "target": loss.spec,
+        "metrics": metrics.spec,
+        "baseline": baseline.loss.spec if baseline.loss else None,
+        "baseline_metrics": baseline.metrics.spec if baseline.metrics else None,
+        "baseline_ref": options.baseline_ref,
+        "profile": options.profile,
+        "device": options.device,
+        "workers": options.workers,
+        "wall_seconds": round(run.wall, 3),
+        "examples": sum(r.examples for r in verdict.rows),
+        "causes": [cause.to_json() for cause in verdict.causes],
+        "known": {
+            "path": str(options.known_path),
+            "entries": len(options.known_entries),
+            "known_rows": [
+                {"rule": rule, "term": term} for rule, term in sorted(verdict.ratchet.known)
+            ],
+            "fixed": [
+                {"rule": e.rule, "term": e.term, "cause": e.cause} for e in verdict.ratchet.fixed
+            ],
+        },
+        "rows": [row.to_json() for row in verdict.rows],
+        "tests": [asdict(o) for o in outcomes],
+    }
+    options.report_json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    options = build_parser().parse_args(argv)
+    options.profile = options.profile or _default_profile()
+    for name, env in (
+        ("baseline", BASELINE_ENV),
+        ("baseline_metrics", BASELINE_METRICS_ENV),
+        ("regress_only", REGRESS_ONLY_ENV),
+        ("regress_skip", REGRESS_SKIP_ENV),
+    ):
+        setattr(options, name, getattr(options, name) or os.environ.get(env) or None)
+    options.known_path = Path(options.known) if options.known else Path(DEFAULT_KNOWN_FILE)
+    return options
+
+
+def run_gate(argv: Sequence[str] | None = None) -> int:
+    """Run the gate with command-line ``argv``; return the exit status."""
+    options = _parse(argv)
+    with contextlib.ExitStack() as stack:
+        try:
+            options.known_entries = load_known(options.known_path)
+            loss = load_loss_target(options.target)
+            metrics = load_metrics_target(options.metrics)
+            selection = RegressSelection.parse(options.regress_only, options.regress_skip)
+            baseline = _resolve_baseline(options, loss, metrics, stack)
+        except HarnessUsageError as exc:
+            print(f"robustness gate: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        run = _run_pytest(options, loss, metrics, baseline)
+    problem = _run_problem(run)
+    if problem is not None:
+        return problem
+
+    outcomes = list(run.collector.outcomes.values())
+    verdict = _judge(outcomes, options.known_entries)
+    if not verdict.checked:
+        if options.report_json:
+            _write_report(options, verdict, EXIT_NOTHING_CHECKED, run, loss, metrics, baseline)
+        print(_nothing_checked_line(verdict), file=sys.stderr)
+        return EXIT_NOTHING_CHECKED
+    wrote = ""
+    if options.write_known:
+        entries = rewrite(options.known_entries, verdict.failing, verdict.ran)
+        write_known(options.known_path, entries)
+        options.known_entries = entries
+        verdict = _judge(outcomes, entries)
+        wrote = f"robustness gate: wrote {len(entries)} known violation(s) to {options.known_path}"
+    status = EXIT_VIOLATION if verdict.failed else EXIT_OK
+    if not options.quiet:
+        print(_render(verdict))
+        print()
+    print(_summary(options, verdict, run, loss, metrics, baseline, selection))
+    if wrote:
+        print(wrote)
     if options.report_json:
-        options.report_json.parent.mkdir(parents=True, exist_ok=True)
-        options.report_json.write_text(
-            json.dumps(
-                {
-                    "verdict": "fail" if failures else "pass",
-                    "exit_status": verdict,
-                    "target": loss.spec,
-                    "metrics": metrics.spec,
-                    "baseline": baseline.loss.spec if baseline.loss else None,
-                    "baseline_metrics": baseline.metrics.spec if baseline.metrics else None,
-                    "baseline_ref": options.baseline_ref,
-                    "profile": options.profile,
-                    "device": options.device,
-                    "workers": options.workers,
-                    "wall_seconds": round(wall, 3),
-                    "examples": examples,
-                    "rows": rows,
-                    "tests": [asdict(o) for o in outcomes],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-    return verdict
+        _write_report(options, verdict, status, run, loss, metrics, baseline)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
