@@ -4,9 +4,11 @@ Every test runs the configured target in a real ``torch.distributed`` process gr
 3 ranks (gloo on loopback for cpu; NCCL for cuda, skipped with a reason without a GPU per rank).
 The groups are started once per world size and reused for every drawn case (see
 ``robustness.process_group``), so a case costs one round trip, not a spawn; they are shut down
-at the end of this module. Cases are split unevenly over the ranks, often with an empty rank;
-the historical failures are explicit cases below: a rank with no data, ranks that saw disjoint
-classes, all data on one rank. Example budgets come from the Hypothesis profile.
+at the end of this module. A case that times out is reported once, with its input, and not
+retried while Hypothesis shrinks (see ``robustness.properties._distributed``). Cases are split
+unevenly over the ranks, often with an empty rank; the historical failures are explicit cases
+below: a rank with no data, ranks that saw disjoint classes, all data on one rank. Example
+budgets come from the Hypothesis profile.
 
 The metrics target must be importable by name (the workers import it). C-DDP-2 needs a gathered
 loss, an optional part of a target: ``$ROBUSTNESS_GATHERED_LOSS`` (``module:function``), else a
@@ -26,6 +28,7 @@ from robustness.properties._distributed import (
     check_gathered_base_loss,
     check_sync_distributed,
     distributed_skip_reason,
+    forget_hangs,
 )
 from robustness.strategies._distributed import GatheredBatch, gathered_batches, sharded
 from robustness.strategies._metric_data import (
@@ -54,8 +57,10 @@ _FAMILY_DATA = {
 
 @pytest.fixture(scope="module", autouse=True)
 def _process_groups():
+    forget_hangs()  # a hang recorded by an earlier run in this process is not this run's
     yield
     close_pools()
+    forget_hangs()
 
 
 def _runs_here(device: str, world_size: int) -> None:

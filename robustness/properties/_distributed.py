@@ -18,13 +18,22 @@ The code under test runs in fresh worker processes, so it must be importable by 
 metrics target by its module path, the gathered loss as a module-level ``module:function``.
 A rank that raises, or a group that hangs until its timeout (a rank that skipped a collective),
 is a violation that carries the rank's error.
+
+Timeouts fail fast: a case that times out (a collective timeout on a rank, or a rank with no
+answer within ``$ROBUSTNESS_DDP_TIMEOUT`` seconds, default :data:`DDP_JOB_TIMEOUT`) is recorded
+for its row (rule, metric or term, ranks, device, target). Every later case of that row
+(Hypothesis's shrinking included) raises the recorded violation, with the input that hung,
+without starting a process group again, so a hang costs one timeout, not one per shrink
+attempt. :func:`forget_hangs` clears the record (the contract module does at its end).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -55,13 +64,21 @@ from robustness.tolerances import tolerance
 
 __all__ = [
     "DDP_JOB_TIMEOUT",
+    "DDP_TIMEOUT_ENV",
     "check_gathered_base_loss",
     "check_sync_distributed",
     "distributed_skip_reason",
+    "forget_hangs",
 ]
 
 #: Seconds one case may take on every rank (the group's own collective timeout is 30 s).
 DDP_JOB_TIMEOUT = 60.0
+#: Environment variable overriding :data:`DDP_JOB_TIMEOUT` (seconds, > 0).
+DDP_TIMEOUT_ENV = "ROBUSTNESS_DDP_TIMEOUT"
+# A rank's error that says the group ran out of time rather than raised.
+_TIMED_OUT = re.compile(r"no answer within|timed out|timeout", re.IGNORECASE)
+# Row -> the violation of the case that hung there (see the module docstring).
+_HUNG: dict[tuple[str, ...], ContractViolation] = {}
 
 GatheredLoss = Callable[..., torch.Tensor]
 
@@ -82,6 +99,52 @@ def distributed_skip_reason(device: str, world_size: int) -> str | None:
         if not dist.is_nccl_available():
             return "NCCL is not available in this torch build"
     return None
+
+
+def _job_timeout() -> float:
+    text = os.environ.get(DDP_TIMEOUT_ENV)
+    if not text:
+        return DDP_JOB_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise HarnessUsageError(f"{DDP_TIMEOUT_ENV} must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def forget_hangs() -> None:
+    """Forget every recorded hang: later cases run again."""
+    _HUNG.clear()
+
+
+def _raise_hung(row: tuple[str, ...]) -> NoReturn:
+    """Raise the violation recorded for ``row`` (one raise site: one failure to Hypothesis)."""
+    hung = _HUNG[row]
+    raise ContractViolation(
+        hung.rule, hung.term, hung.headline, details=hung.details, replay=hung.replay
+    )
+
+
+def _fail_fast_on_timeout(
+    row: tuple[str, ...], outcomes: list[JobOutcome], violation: ContractViolation
+) -> None:
+    """Record ``violation`` for ``row`` if the case timed out, and raise it from one place."""
+    if any(not o.ok and _TIMED_OUT.search(o.error) for o in outcomes):
+        details = dict(violation.details)
+        details["fail fast"] = (
+            "the case timed out: later cases of this row, shrinking included, report this "
+            "input without running (a hang is not retried)"
+        )
+        _HUNG[row] = ContractViolation(
+            violation.rule,
+            violation.term,
+            violation.headline,
+            details=details,
+            replay=violation.replay,
+        )
+        _raise_hung(row)
 
 
 def _backend(device: str) -> str:
@@ -207,6 +270,9 @@ def check_sync_distributed(
     )
     rule = "C-DDP-1"
     world = len(shards.sizes)
+    row = (rule, metric, str(world), device, metrics.spec)
+    if row in _HUNG:
+        _raise_hung(row)
     details: dict[str, object] = {
         "input": data.describe(),
         "ranks": f"{world} ({backend} on {device}), rows per rank {list(shards.sizes)}",
@@ -243,16 +309,18 @@ def check_sync_distributed(
         "shards": list(shards.sizes),
         "device": device,
     }
-    outcomes = shared_pool(world, backend).run(_sync_job, payload, timeout=DDP_JOB_TIMEOUT)
+    outcomes = shared_pool(world, backend).run(_sync_job, payload, timeout=_job_timeout())
     violation = _failed(rule, metric, "update/sync_distributed/compute", outcomes, details)
     if violation is not None:
-        raise ContractViolation(
+        violation = ContractViolation(
             violation.rule,
             violation.term,
             violation.headline,
             details=violation.details,
             replay=replay,
         )
+        _fail_fast_on_timeout(row, outcomes, violation)
+        raise violation
     for outcome in outcomes:
         _compare_results(
             rule,
@@ -356,6 +424,9 @@ def check_gathered_base_loss(
     )
     rule, term = "C-DDP-2", "base_loss"
     world = len(shards.sizes)
+    row = (rule, term, str(world), device, name)
+    if row in _HUNG:
+        _raise_hung(row)
     details: dict[str, object] = {
         "input": batch.describe(),
         "ranks": f"{world} ({backend} on {device}), rows per rank {list(shards.sizes)}",
@@ -363,16 +434,18 @@ def check_gathered_base_loss(
     }
     want, want_grad = _single_process(loss, batch)
     payload = {"loss": name, "batch": batch, "shards": list(shards.sizes), "device": device}
-    outcomes = shared_pool(world, backend).run(_loss_job, payload, timeout=DDP_JOB_TIMEOUT)
+    outcomes = shared_pool(world, backend).run(_loss_job, payload, timeout=_job_timeout())
     violation = _failed(rule, term, "the gathered loss", outcomes, details)
     if violation is not None:
-        raise ContractViolation(
+        violation = ContractViolation(
             violation.rule,
             violation.term,
             violation.headline,
             details=violation.details,
             replay=replay,
         )
+        _fail_fast_on_timeout(row, outcomes, violation)
+        raise violation
     size, dim = batch.n_rows, int(batch.embeddings.shape[1])
     n = max(size * (size - 1), 1) * dim
     distances = reference_pairwise_distances(batch.embeddings)
