@@ -106,6 +106,8 @@ _EXAMPLES_RE = re.compile(r"(\d+) passing(?: examples)?, (\d+) failing")
 class TestOutcome:
     """What one contract test did, as the gate reports it."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     nodeid: str
     rule: str
     term: str
