@@ -209,6 +209,20 @@ CORPUS: tuple[Mutant, ...] = (
         "gets no gradient.",
         "loss",
     ),
+    Mutant(
+        "count_backward_no_mean",
+        "C-GRAD-1",
+        "count_loss is a fused torch.autograd.Function whose value is right but whose "
+        "hand-written backward returns 2 (p - t) without the mean's 1 / n.",
+        "loss",
+    ),
+    Mutant(
+        "target_backward_no_two",
+        "C-GRAD-1",
+        "the regression MSE target_loss is a fused torch.autograd.Function whose value is right "
+        "but whose hand-written backward returns (p - t) / n, the factor 2 forgotten.",
+        "loss",
+    ),
     # ---- metrics
     Mutant(
         "regression_half_sums",

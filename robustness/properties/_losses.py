@@ -275,8 +275,12 @@ def _budget(batch: MultiTaskBatch, term: str) -> tuple[int, float]:
     * squared/absolute errors and NLLs of log-probabilities are sums of non-negative terms,
       each a difference rounded once: a relative error, nothing cancels (``scale = 0``); Huber's
       linear branch subtracts ``delta / 2`` (``scale = 2 delta``);
-    * the nucleotide cross-entropy ``logsumexp(x) - x[y]`` cancels at the size of the largest
-      valid logit (``scale = max|x| + log V``, ``n`` = valid positions times ``V``);
+    * the nucleotide cross-entropy ``logsumexp(x) - x[y]`` is shift-invariant: written as
+      ``(max(x) - x[y]) + log sum exp(x - max(x))`` it rounds at the size of the logits'
+      *spread* at a position, not their magnitude (``scale = max over valid positions of
+      (max(x) - min(x)) + log V``, ``n`` = valid positions times ``V``): equal logits of
+      1e7 owe ``log V`` to float32 rounding. A scale of ``max|x|`` would accept the
+      ``1.0`` that ``lse - x[y]`` of two huge, nearly equal numbers gives for ``log 2``;
     * the base term over pairwise distances of embeddings inherits the distances' rounding
       ``~eps |d|`` times ``2 |d - t|`` (``scale = 2 max|d| max|d - t|``, ``n`` = pairs times
       ``E``);
@@ -304,9 +308,9 @@ def _budget(batch: MultiTaskBatch, term: str) -> tuple[int, float]:
         logits = out["nuc_predictions"].detach().cpu().double()
         valid = (tg["nuc_mask"] != 0).cpu()
         vocab = int(logits.shape[-1])
-        rows = logits[valid]
-        top = float(rows.abs().max()) if rows.numel() else 0.0
-        return max(int(valid.sum()) * vocab, 1), _finite_scale(top + math.log(vocab))
+        rows = logits[valid]  # [n, V]
+        spread = float((rows.amax(dim=-1) - rows.amin(dim=-1)).max()) if rows.numel() else 0.0
+        return max(int(valid.sum()) * vocab, 1), _finite_scale(spread + math.log(vocab))
     size = int(tg["base_target"].shape[0])
     pairs = max(size * (size - 1), 1) if batch.encoder_type == "unifrac" else max(size, 1)
     if not batch.uses_embeddings:
