@@ -253,6 +253,13 @@ CORPUS: tuple[Mutant, ...] = (
         "metrics",
     ),
     Mutant(
+        "class_target_ids_clamped",
+        "C-METRIC-INPUT-1",
+        "classification metrics clamp target ids into [0, num_classes) instead of rejecting "
+        "them, so a label of K is silently counted as class K - 1.",
+        "metrics",
+    ),
+    Mutant(
         "regression_truncates",
         "C-METRIC-INPUT-1",
         "regression metrics cut predictions and targets to the shorter length instead of "

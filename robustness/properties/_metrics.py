@@ -42,6 +42,7 @@ from robustness.target import MetricsTarget
 from robustness.tolerances import Tolerance, tolerance
 
 __all__ = [
+    "ID_CASES",
     "INPUT_CASES",
     "METRIC_FAMILIES",
     "check_metric_edge_cases",
@@ -87,6 +88,15 @@ INPUT_CASES: dict[str, tuple[str, ...]] = {
         "length_mismatch",
     ),
     "count": ("length_mismatch", "mask_mismatch"),
+}
+
+#: The id cases of C-METRIC-INPUT-1: case -> (the tensor it corrupts, the bad id's side).
+#: Spelled out rather than parsed from the name: ``true_out_of_range`` once corrupted y_pred.
+ID_CASES: dict[str, tuple[str, str]] = {
+    "negative_true": ("y_true", "negative"),
+    "negative_pred": ("y_pred", "negative"),
+    "true_out_of_range": ("y_true", "high"),
+    "pred_out_of_range": ("y_pred", "high"),
 }
 
 #: C-STREAM-3: R² of ``1e8 + noise`` targets within this of the reference (relative beyond 1).
@@ -389,8 +399,9 @@ def _bad_input(data: MetricData, case: str, index: int, offset: int) -> tuple[Me
         )
     row = index % data.n_rows
     k = data.k
-    bad = -1 - offset if case.startswith("negative") else k + offset
-    if case.endswith("_true"):
+    tensor, side = ID_CASES[case]
+    bad = -1 - offset if side == "negative" else k + offset
+    if tensor == "y_true":
         true = data.y_true.clone()
         true[row] = bad
         return (
@@ -411,10 +422,11 @@ def _input_case_usable(data: MetricData, case: str) -> str | None:
         return None
     if data.n_rows == 0:
         return "needs at least one sample"
-    if case.endswith("_pred") and data.pred_form != "ids":
+    tensor, side = ID_CASES[case]
+    if tensor == "y_pred" and data.pred_form != "ids":
         return "needs predictions given as [B] ids"
-    if case.endswith("out_of_range") and data.num_classes is None and data.pred_form == "ids":
-        return "needs num_classes (ids alone define K)"
+    if side == "high" and data.num_classes is None:
+        return "needs num_classes (without it, K is only inferred and no id is out of range)"
     return None
 
 

@@ -22,7 +22,10 @@ from hypothesis import strategies as st
 
 from robustness.errors import ContractViolation, HarnessUsageError, from_plain, to_plain
 from robustness.properties._metrics import (
+    ID_CASES,
     INPUT_CASES,
+    _bad_input,
+    _input_case_usable,
     check_metric_edge_cases,
     check_metric_input_validation,
     check_metric_reference,
@@ -364,6 +367,14 @@ class _WrappingIds(_ToyClassification):
         self.cm.index_put_((true, pred), ones, accumulate=True)
 
 
+class _ClampedTargets(_ToyClassification):
+    """Target ids forced into [0, K) before validation: a label of K counts as class K - 1."""
+
+    def _ids(self, y_pred, y_true):
+        k = self.num_classes or (y_pred.shape[1] if y_pred.dim() == 2 else None)
+        return super()._ids(y_pred, y_true if k is None else y_true.clamp(0, k - 1))
+
+
 class _AliasingMerge(_ToyClassification):
     """An empty state adopts the other's matrix by reference; later updates write into it."""
 
@@ -490,6 +501,13 @@ def test_reference_check_kills(cls, strategy, metric):
             id="wrap-pred-too-large",
         ),
         pytest.param(
+            {"StreamingClassificationMetrics": _ClampedTargets},
+            "classification",
+            "true_out_of_range",
+            classification_data(min_batch=1, num_classes_given=True),
+            id="clamp-true-too-large",
+        ),
+        pytest.param(
             {"StreamingRegressionMetrics": _Truncating},
             "regression",
             "length_mismatch",
@@ -511,6 +529,39 @@ def test_input_check_kills(cls, metric, case, strategy):
         case=case,
     )
     assert case in str(violation)
+
+
+@pytest.mark.parametrize("case", sorted(ID_CASES))
+@pytest.mark.parametrize("pred_form", ["ids", "log_probs"])
+def test_each_id_case_corrupts_exactly_the_tensor_it_names(case, pred_form):
+    named, side = ID_CASES[case]
+    assert named == ("y_true" if "true" in case else "y_pred")
+    assert side == ("negative" if case.startswith("negative") else "high")
+    pred = torch.tensor([0, 2, 1]) if pred_form == "ids" else torch.eye(3).log_softmax(dim=1)
+    data = ClassificationData(pred, torch.tensor([1, 1, 2]), 3)
+    if _input_case_usable(data, case):
+        assert named == "y_pred"
+        assert pred_form == "log_probs"
+        return
+    bad, what = _bad_input(data, case, 4, 1)
+    changed = {
+        name: int((getattr(bad, name) != getattr(data, name)).sum())
+        for name in ("y_true", "y_pred")
+    }
+    assert changed == {named: 1, ({"y_true", "y_pred"} - {named}).pop(): 0}
+    assert getattr(bad, named).reshape(-1)[1] == (-2 if side == "negative" else 4)
+    assert what.startswith(f"{named}[1] = ")
+
+
+def test_out_of_range_cases_need_num_classes():
+    # Without num_classes K is only inferred (from the ids, or grown past the log-prob width),
+    # so no id is out of range by any documented rule.
+    for pred in (torch.tensor([0, 1]), torch.zeros(2, 3)):
+        data = ClassificationData(pred, torch.tensor([0, 1]), None)
+        assert "num_classes" in _input_case_usable(data, "true_out_of_range")
+    ids = ClassificationData(torch.tensor([0, 1]), torch.tensor([0, 1]), None)
+    assert "num_classes" in _input_case_usable(ids, "pred_out_of_range")
+    assert _input_case_usable(ids, "negative_true") is None
 
 
 def test_input_check_rejects_cases_it_cannot_build():
