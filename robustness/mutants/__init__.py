@@ -309,6 +309,13 @@ CORPUS: tuple[Mutant, ...] = (
         "metrics",
     ),
     Mutant(
+        "class_keeps_batches",
+        "C-STREAM-4",
+        "streaming classification metrics without num_classes keep every batch to infer the "
+        "number of classes, so the state grows with the data.",
+        "metrics",
+    ),
+    Mutant(
         "count_keeps_batches",
         "C-STREAM-4",
         "streaming count metrics keep every batch in a list and reduce them in compute(), so "

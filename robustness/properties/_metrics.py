@@ -953,6 +953,42 @@ def _count_lines() -> Iterator[_LineCounter]:
         sys.settrace(previous)
 
 
+def _class_ids_batch(n: int, seed: int) -> ClassificationData:
+    """``n`` predicted and true ids ``[B]`` without ``num_classes``: K is only inferred.
+
+    Seed ``s`` draws ids below ``1 + s % 4``, so fed in turn (seeds 0, 1, 2, ...) the classes
+    arrive over the first batches and the state must grow its K as they come.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    high = 1 + seed % 4
+    return ClassificationData(
+        torch.randint(0, high, (n,), generator=gen), torch.randint(0, high, (n,), generator=gen)
+    )
+
+
+def _stream4_configs(metric: str) -> list[tuple[str, list[MetricData]]]:
+    """``(what, [small, large, feed batch 0, feed batch 1, ...])`` per configuration measured.
+
+    Classification is measured with ``num_classes=4`` and log-probs, and with
+    ``num_classes=None`` and ids arriving over many batches (a state that keeps its batches to
+    infer K at ``compute`` passes the first and must fail the second).
+    """
+    feeds = [_batch(metric, _FEED_BATCH, seed=3)]
+    configs = [
+        ("", [_batch(metric, _TRACE_SMALL, seed=1), _batch(metric, _TRACE_LARGE, 2), *feeds])
+    ]
+    if metric == "classification":
+        configs[0] = ("num_classes=4, log-prob predictions", configs[0][1])
+        ids = [_class_ids_batch(_FEED_BATCH, seed) for seed in range(4)]
+        configs.append(
+            (
+                "num_classes=None, id predictions arriving over many batches",
+                [_class_ids_batch(_TRACE_SMALL, 1), _class_ids_batch(_TRACE_LARGE, 2), *ids],
+            )
+        )
+    return configs
+
+
 def check_stream_vectorized(metrics: MetricsTarget, *, metric: str, device: str = "cpu") -> None:
     """C-STREAM-4: ``update`` is vectorized and the state's memory is independent of data size.
 
@@ -966,17 +1002,27 @@ def check_stream_vectorized(metrics: MetricsTarget, *, metric: str, device: str 
       fixed-size sums pass; keeping the data, or a list that grows per batch, does not. A
       bounded sample for plots of up to 1e4 elements is allowed.
 
+    Classification is measured twice: with ``num_classes=4`` and log-probs, and with
+    ``num_classes=None`` and id predictions whose classes arrive over the first batches.
+
     Raises:
         ContractViolation: if the line count or the footprint grows with the data.
         HarnessUsageError: if ``metric`` is unknown.
     """
     _family(metric)
+    for what, batches in _stream4_configs(metric):
+        _measure_stream(metrics, metric, device, what, [b.to(device) for b in batches])
+
+
+def _measure_stream(
+    metrics: MetricsTarget, metric: str, device: str, what: str, batches: list[MetricData]
+) -> None:
     replay = ReplaySpec.of(check_stream_vectorized, "metrics", metric=metric, device=device)
     rule = "C-STREAM-4"
-    small = _batch(metric, _TRACE_SMALL, seed=1).to(device)
-    large = _batch(metric, _TRACE_LARGE, seed=2).to(device)
-    feed = _batch(metric, _FEED_BATCH, seed=3).to(device)
+    small, large, *feeds = batches
     details: dict[str, object] = {"device": device}
+    if what:
+        details["configuration"] = what
     try:
         for warm in (small, large):
             _new_state(metrics, metric, warm).update(*warm.args())
@@ -987,10 +1033,10 @@ def check_stream_vectorized(metrics: MetricsTarget, *, metric: str, device: str 
                 state.update(*batch.args())
             lines.append(counter.lines)
         footprints = []
-        for batches in (_FEED_SMALL, _FEED_LARGE):
-            state = _new_state(metrics, metric, feed)
-            for _ in range(batches):
-                state.update(*feed.args())
+        for count in (_FEED_SMALL, _FEED_LARGE):
+            state = _new_state(metrics, metric, feeds[0])
+            for i in range(count):
+                state.update(*feeds[i % len(feeds)].args())
             footprints.append(_footprint(state))
     except Exception as exc:
         raise _raised(rule, metric, "update", exc, details, replay) from exc
@@ -999,7 +1045,8 @@ def check_stream_vectorized(metrics: MetricsTarget, *, metric: str, device: str 
         raise ContractViolation(
             rule,
             metric,
-            "update runs Python code per element (not vectorized)",
+            "update runs Python code per element (not vectorized)"
+            + (f" with {what}" if what else ""),
             details={
                 **details,
                 "python lines": f"{lines[0]} for {_TRACE_SMALL} elements, "
@@ -1013,7 +1060,7 @@ def check_stream_vectorized(metrics: MetricsTarget, *, metric: str, device: str 
         raise ContractViolation(
             rule,
             metric,
-            "the streaming state grows with the data",
+            "the streaming state grows with the data" + (f" with {what}" if what else ""),
             details={
                 **details,
                 "state size": f"{footprints[0]} bytes after {n_small} elements, "

@@ -424,6 +424,19 @@ class _KeepsAllData(_ToyCount):
         self.batches.append((count_pred.clone(), count_true.clone(), mask.clone()))
 
 
+class _KeepsIdsWithoutK(_ToyClassification):
+    """Without num_classes, keeps every batch to infer K: memory grows with the data."""
+
+    def reset(self):
+        super().reset()
+        self.kept = []
+
+    def update(self, y_pred, y_true):
+        super().update(y_pred, y_true)
+        if self.num_classes is None:
+            self.kept.append((y_pred.clone(), y_true.clone()))
+
+
 class _NoCountCheck(_ToyCount):
     """Masks are broadcast instead of compared: a wider mask is silently sliced."""
 
@@ -667,6 +680,17 @@ def test_vectorized_check_kills_a_state_that_keeps_the_data():
     with pytest.raises(ContractViolation, match="grows with the data") as info:
         check_stream_vectorized(target, metric="count")
     assert info.value.rule == "C-STREAM-4"
+
+
+def test_vectorized_check_kills_a_class_state_that_keeps_batches_without_num_classes():
+    # With num_classes=4 the state is a fixed [4, 4] matrix; only the num_classes=None
+    # measurement (ids whose classes arrive over many batches) sees the kept batches.
+    target = _toy(StreamingClassificationMetrics=_KeepsIdsWithoutK)
+    with pytest.raises(ContractViolation, match="grows with the data") as info:
+        check_stream_vectorized(target, metric="classification")
+    assert info.value.rule == "C-STREAM-4"
+    assert "num_classes=None" in info.value.headline
+    assert "num_classes=None" in str(info.value.details["configuration"])
 
 
 # --------------------------------------------------------------------------- correct code passes
