@@ -285,10 +285,16 @@ def _compare_results(
         expected = _number(want[key])
         ok = value == expected if exact else _close(value, expected, tols[key])
         if not ok:
+            said = f"{key} = {value!r}, expected {expected!r}"
+            if math.isnan(value) and math.isnan(expected):
+                said = (
+                    f"{key} is NaN in both results: every metric owes a number (0.0 where it "
+                    "is undefined), so the fault is the NaN, not the difference"
+                )
             raise ContractViolation(
                 rule,
                 f"{metric}.{key}",
-                f"{headline}: {key} = {value!r}, expected {expected!r}",
+                f"{headline}: {said}",
                 details={
                     **details,
                     "got": repr(value),
@@ -777,6 +783,23 @@ def check_stream_merge(
         a_bc = _compute(_merge(state(0), _merge(state(1), state(2))))
     except Exception as exc:
         raise _raised(rule, metric, "update/merge/compute", exc, details, replay) from exc
+    # A NaN where the reference owes a number (0.0 for an undefined precision) is the fault
+    # to report; compared with each other, two NaN results would read as a merge-order bug.
+    want = _reference(metric, data)
+    for name, result in (("one state fed all the data", single), ("(A⊕B)⊕C", ab_c)):
+        for key in _FAMILIES[metric][2]:
+            try:
+                got, owed = _number(result.get(key, 0.0)), _number(want[key])
+            except TypeError:
+                continue  # not a number: compare() below says so
+            if math.isnan(got) and not math.isnan(owed):
+                raise ContractViolation(
+                    rule,
+                    f"{metric}.{key}",
+                    f"{name} gives {key} = nan where the float64 reference is {owed!r}",
+                    details={**details, "got": "nan", "expected": repr(owed)},
+                    replay=replay,
+                )
     compare(ab, ba, "merge is not commutative: A⊕B differs from B⊕A")
     compare(ab_c, a_bc, "merge is not associative: (A⊕B)⊕C differs from A⊕(B⊕C)")
     compare(ab_c, single, "merged states differ from one state fed all the data")

@@ -989,3 +989,119 @@ def test_reference_check_scales_cross_entropy_by_the_logits_spread(size):
     # A shift-stable cross-entropy meets both tolerances: they are attainable.
     check_reference_values(_target(_ShiftStable), batch, term="nuc_loss")
     check_reference_gradients(_target(_ShiftStable), batch, term="nuc_loss")
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class _NanNuc(MultiTaskLoss):
+    """nuc_loss is NaN whatever the input."""
+
+    def compute_nucleotide_loss(self, nuc_pred, nuc_true, mask):
+        return super().compute_nucleotide_loss(nuc_pred, nuc_true, mask) * math.nan
+
+
+class _NanCount(MultiTaskLoss):
+    """count_loss is NaN whatever the input."""
+
+    def compute_count_loss(self, count_pred, count_true, mask):
+        return super().compute_count_loss(count_pred, count_true, mask) * math.nan
+
+
+class _WarnsAndBroadcasts(MultiTaskLoss):
+    """Regression target as F.mse_loss: a shape mismatch only warns, then broadcasts."""
+
+    def compute_target_loss(self, target_pred, target_true, is_classifier=False):
+        if is_classifier:
+            return super().compute_target_loss(target_pred, target_true, is_classifier)
+        return torch.nn.functional.mse_loss(target_pred.float(), target_true.float())
+
+
+class _RejectsAnyNan(MultiTaskLoss):
+    """count_loss checks the whole tensor, padding included, for NaN."""
+
+    def compute_count_loss(self, count_pred, count_true, mask):
+        if bool(torch.isnan(count_pred).any()):
+            raise ValueError("count_loss: count_prediction has NaN")
+        return super().compute_count_loss(count_pred, count_true, mask)
+
+
+class _NanCountBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pred, value):
+        ctx.shape = pred.shape
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full(ctx.shape, math.nan, dtype=grad.dtype), None
+
+
+class _NanCountGradient(MultiTaskLoss):
+    """count_loss's backward is NaN everywhere (a count-only bug)."""
+
+    def compute_count_loss(self, count_pred, count_true, mask):
+        with torch.no_grad():
+            value = super().compute_count_loss(count_pred, count_true, mask)
+        return _NanCountBackward.apply(count_pred, value)
+
+
+def test_nan_against_nan_is_reported_as_nan_not_as_a_difference():
+    with pytest.raises(ContractViolation) as info:
+        check_padding_invariance(_target(_NanNuc), REMAINDER, term="nuc_loss")
+    comparison = info.value.details["comparison"]
+    assert "Expected nan but got nan" not in comparison
+    assert comparison.startswith("both results are NaN")
+
+
+def test_a_nan_term_is_called_nan_not_negative():
+    with pytest.raises(ContractViolation) as info:
+        check_invariants(_target(_NanCount), REMAINDER, term="count_loss")
+    assert info.value.headline == "count_loss is NaN (so not >= 0)"
+
+
+def test_a_shape_mismatch_that_only_warns_says_it_warned():
+    # Under filterwarnings=error the warning would surface as "raised UserWarning".
+    with pytest.raises(ContractViolation) as info:
+        check_shape_mismatch(
+            _target(_WarnsAndBroadcasts),
+            REMAINDER,
+            term="target_loss",
+            case="target_column_vs_vector",
+        )
+    violation = info.value
+    assert violation.rule == "C-SHAPE-1"
+    assert "with only a warning instead of raising ValueError" in violation.headline
+    assert "raised UserWarning" not in violation.headline
+    assert violation.details["warned"].startswith("UserWarning: ")
+    assert "returned" in violation.details
+
+
+def test_the_batch_as_drawn_describes_what_its_padding_holds():
+    with pytest.raises(ContractViolation) as info:
+        check_mask_values(_target(_RejectsAnyNan), NAN_PADDING, term="count_loss")
+    headline = info.value.headline
+    assert "(no garbage)" not in headline
+    padded = int(NAN_PADDING.padded["count_prediction"].sum())
+    assert f"outputs['count_prediction']: {padded} padded, all nan" in headline
+
+
+def test_empty_check_names_the_tensor_of_its_own_term():
+    # A count-only gradient bug is not the base_loss row's finding...
+    check_empty_terms(_target(_NanCountGradient), REMAINDER, term="base_loss")
+    # ...but the count and total rows name count_prediction.
+    for term in ("count_loss", "total_loss"):
+        with pytest.raises(ContractViolation, match=r"outputs\['count_prediction'\]") as info:
+            check_empty_terms(_target(_NanCountGradient), REMAINDER, term=term)
+        assert info.value.term == term
+
+
+def test_batch_description_shows_target_values():
+    text = REMAINDER.describe()
+    valid = REMAINDER.targets["mask"].bool()
+    counts = [float(v) for v in REMAINDER.targets["counts"][valid].reshape(-1).tolist()]
+    assert f"targets['counts']: (3, 3, 1) float32, valid values {counts}" in text
+    assert "targets['nucleotides']: (3, 3, 4) int64, valid values in [0, " in text
+    assert "targets['target']: (3, 2) float32, valid values [" in text
+    classes = DUPLICATES.describe()
+    assert "targets['target']: (4,) int64, valid values [0, 1, 2, 0]" in classes

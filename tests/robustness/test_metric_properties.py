@@ -43,6 +43,7 @@ from robustness.references._metrics import (
 from robustness.strategies._metric_data import (
     ClassificationData,
     CountData,
+    Partition,
     RegressionData,
     classification_data,
     count_data,
@@ -972,3 +973,37 @@ def test_the_harness_does_not_import_sklearn():
         "sys.exit('sklearn' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class _NanPrecision(_ToyClassification):
+    """Precision as tp / predicted with no zero_division guard: NaN for a never-predicted class."""
+
+    def compute(self):
+        out = super().compute()
+        cm = self.cm.double()
+        n = float(cm.sum())
+        if n:
+            tp, support, predicted = cm.diagonal(), cm.sum(1), cm.sum(0)
+            out["precision"] = float(((tp / predicted) * support).sum() / n)
+        return out
+
+
+def test_merge_check_names_nan_where_a_number_is_owed():
+    # Class 2 is never predicted: precision owes 0.0 for it. Both merge orders give NaN, so
+    # "merge is not commutative ... precision = nan, expected nan" would blame the merge.
+    data = ClassificationData(torch.tensor([0, 1, 0, 1, 0, 1]), torch.tensor([0, 1, 2, 1, 0, 2]), 3)
+    with pytest.raises(ContractViolation) as info:
+        check_stream_merge(
+            _toy(StreamingClassificationMetrics=_NanPrecision),
+            data,
+            metric="classification",
+            partition=Partition((2, 4)),
+        )
+    violation = info.value
+    assert violation.rule == "C-STREAM-2"
+    assert violation.term == "classification.precision"
+    assert "precision = nan where the float64 reference is 0." in violation.headline
+    assert "not commutative" not in violation.headline
