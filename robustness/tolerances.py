@@ -7,6 +7,9 @@ like ``sqrt(n)`` for random rounding, and we allow a fixed safety factor on top.
 largest logit for a cross-entropy), so results near zero are judged against the size of what
 produced them rather than against an arbitrary absolute floor.
 
+Gradients (C-GRAD-1) use the same formula through :func:`gradient_tolerance`, with a budget
+that fits a gradient entry rather than a value: see its docstring.
+
 Never loosen a factor to make a test pass; if one must change, say why in the commit message.
 """
 
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SAFETY_FACTOR", "Tolerance", "tolerance"]
+__all__ = ["SAFETY_FACTOR", "Tolerance", "gradient_tolerance", "tolerance"]
 
 #: Multiplier on ``eps * sqrt(n)``; one number for every dtype.
 SAFETY_FACTOR = 16.0
@@ -62,3 +65,37 @@ def tolerance(dtype: torch.dtype, *, n: int = 1, scale: float = 1.0) -> Toleranc
     rtol = SAFETY_FACTOR * info.eps * math.sqrt(n)
     atol = max(rtol * scale, _TINY_FLOOR * info.tiny)
     return Tolerance(rtol=rtol, atol=atol)
+
+
+def gradient_tolerance(dtype: torch.dtype, *, fan_in: int = 1, scale: float = 0.0) -> Tolerance:
+    """Tolerance for one entry of a loss gradient (C-GRAD-1), from the same table.
+
+    Every term is a (weighted) mean ``w / N * sum_i f(x_i)``, so one gradient entry is
+    ``w / N * f'(x_i)``: it is *not* a sum over the ``N`` terms, and its rounding does not grow
+    with ``N`` the way a value's does (``w / N`` is applied once, a relative ``eps``). What an
+    entry does reduce is its own backward's inputs, ``fan_in`` of them: the ``V`` logits of
+    one softmax, the ``B`` selected class weights of a weighted NLL, the ``B * E`` differences
+    of one embedding row in the pairwise base term. So ``rtol = SAFETY_FACTOR * eps *
+    sqrt(fan_in)``, exactly :func:`tolerance`'s formula with ``n = fan_in``.
+
+    ``scale`` is the size of what cancels inside the entry (``atol = rtol * scale``), 0 when
+    nothing does (a squared error's ``2 (p - t) w / N`` is one rounded difference times a
+    constant: relative error only). For a cross-entropy it is ``w / N * (1 + log V)``: a
+    shift-stable softmax ``exp(x - max - log sum exp(x - max))`` has an absolute error of at
+    most about ``eps * (p |log p| + p log V) <= eps * (1 + log V)`` per entry, *whatever the
+    size or spread of the logits* (the gradient is shift-invariant, so its tolerance is too).
+    A softmax taken as ``exp(x - logsumexp(x))`` instead errs by ``eps * |logsumexp(x)|``
+    relative, which grows with the logits' magnitude: that is a bug this tolerance exposes.
+
+    Args:
+        dtype: the floating dtype of the *inputs* (half inputs: half-precision tolerance).
+        fan_in: number of quantities the entry's backward reduces (>= 1).
+        scale: magnitude that may cancel inside the entry; ``atol = rtol * scale``.
+
+    Raises:
+        ValueError: if ``dtype`` is not floating point, ``fan_in < 1`` or ``scale`` is
+            negative or not finite.
+    """
+    if fan_in < 1:
+        raise ValueError(f"gradient_tolerance needs fan_in >= 1, got fan_in={fan_in}")
+    return tolerance(dtype, n=fan_in, scale=scale)

@@ -154,6 +154,27 @@ def test_negative_true_ids_raise_value_error_with_log_probs(
     )
 
 
+@pytest.mark.rule("C-METRIC-INPUT-1", term="classification")
+@given(
+    data=classification_data(min_batch=1, pred_form="log_probs", num_classes_given=True),
+    index=st.integers(0, 1000),
+    offset=st.integers(0, 3),
+)
+@example(data=ABSENT, index=1, offset=0)
+def test_target_ids_at_or_above_num_classes_raise_value_error_with_log_probs(
+    metrics_target, contract_device, data, index, offset
+):
+    check_metric_input_validation(
+        metrics_target,
+        data,
+        metric="classification",
+        case="true_out_of_range",
+        index=index,
+        offset=offset,
+        device=contract_device,
+    )
+
+
 @pytest.mark.rule("C-METRIC-INPUT-1")
 @pytest.mark.parametrize(
     ("metric", "case"),

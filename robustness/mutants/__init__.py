@@ -209,6 +209,20 @@ CORPUS: tuple[Mutant, ...] = (
         "gets no gradient.",
         "loss",
     ),
+    Mutant(
+        "count_backward_no_mean",
+        "C-GRAD-1",
+        "count_loss is a fused torch.autograd.Function whose value is right but whose "
+        "hand-written backward returns 2 (p - t) without the mean's 1 / n.",
+        "loss",
+    ),
+    Mutant(
+        "target_backward_no_two",
+        "C-GRAD-1",
+        "the regression MSE target_loss is a fused torch.autograd.Function whose value is right "
+        "but whose hand-written backward returns (p - t) / n, the factor 2 forgotten.",
+        "loss",
+    ),
     # ---- metrics
     Mutant(
         "regression_half_sums",
@@ -236,6 +250,13 @@ CORPUS: tuple[Mutant, ...] = (
         "C-METRIC-INPUT-1",
         "classification metrics never validate class ids and fill the confusion matrix with "
         "index_put_, so -1 silently wraps around to the last class.",
+        "metrics",
+    ),
+    Mutant(
+        "class_target_ids_clamped",
+        "C-METRIC-INPUT-1",
+        "classification metrics clamp target ids into [0, num_classes) instead of rejecting "
+        "them, so a label of K is silently counted as class K - 1.",
         "metrics",
     ),
     Mutant(
@@ -285,6 +306,13 @@ CORPUS: tuple[Mutant, ...] = (
         "C-STREAM-4",
         "streaming regression update folds one element at a time in a Python loop, so it "
         "runs interpreter code per element.",
+        "metrics",
+    ),
+    Mutant(
+        "class_keeps_batches",
+        "C-STREAM-4",
+        "streaming classification metrics without num_classes keep every batch to infer the "
+        "number of classes, so the state grows with the data.",
         "metrics",
     ),
     Mutant(

@@ -2,9 +2,10 @@
 
 Each ``check_*`` raises :class:`robustness.errors.ContractViolation` carrying the rule id,
 the term or metric, and a readable description of the minimal input. Loss rules live in
-``_losses``, metric and streaming rules in ``_metrics``, end-to-end weight safety in
-``_weights``, the distributed rules (run in a real process group) in ``_distributed``, and
-the regression guard's differential rules in ``_regress``.
+``_losses``, gradients against the float64 reference (C-GRAD-1) in ``_gradients``, metric
+and streaming rules in ``_metrics``, end-to-end weight safety in ``_weights``, the distributed
+rules (run in a real process group) in ``_distributed``, and the regression guard's
+differential rules in ``_regress``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from robustness.properties._distributed import (
     check_sync_distributed,
     distributed_skip_reason,
 )
+from robustness.properties._gradients import GRADIENT_CHECKS, check_reference_gradients
 from robustness.properties._losses import (
     GARBAGE_FILLS,
     LOSS_CHECKS,
@@ -69,6 +71,7 @@ from robustness.properties._weights import (
 __all__ = [
     "DDP_JOB_TIMEOUT",
     "GARBAGE_FILLS",
+    "GRADIENT_CHECKS",
     "INPUT_CASES",
     "LOSS_CHECKS",
     "LOSS_INPUT_CASES",
@@ -97,6 +100,7 @@ __all__ = [
     "check_pairwise_distances",
     "check_purity",
     "check_ragged_batches",
+    "check_reference_gradients",
     "check_reference_values",
     "check_regress_gradients",
     "check_regress_metrics",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -275,8 +276,12 @@ def _budget(batch: MultiTaskBatch, term: str) -> tuple[int, float]:
     * squared/absolute errors and NLLs of log-probabilities are sums of non-negative terms,
       each a difference rounded once: a relative error, nothing cancels (``scale = 0``); Huber's
       linear branch subtracts ``delta / 2`` (``scale = 2 delta``);
-    * the nucleotide cross-entropy ``logsumexp(x) - x[y]`` cancels at the size of the largest
-      valid logit (``scale = max|x| + log V``, ``n`` = valid positions times ``V``);
+    * the nucleotide cross-entropy ``logsumexp(x) - x[y]`` is shift-invariant: written as
+      ``(max(x) - x[y]) + log sum exp(x - max(x))`` it rounds at the size of the logits'
+      *spread* at a position, not their magnitude (``scale = max over valid positions of
+      (max(x) - min(x)) + log V``, ``n`` = valid positions times ``V``): equal logits of
+      1e7 owe ``log V`` to float32 rounding. A scale of ``max|x|`` would accept the
+      ``1.0`` that ``lse - x[y]`` of two huge, nearly equal numbers gives for ``log 2``;
     * the base term over pairwise distances of embeddings inherits the distances' rounding
       ``~eps |d|`` times ``2 |d - t|`` (``scale = 2 max|d| max|d - t|``, ``n`` = pairs times
       ``E``);
@@ -304,9 +309,9 @@ def _budget(batch: MultiTaskBatch, term: str) -> tuple[int, float]:
         logits = out["nuc_predictions"].detach().cpu().double()
         valid = (tg["nuc_mask"] != 0).cpu()
         vocab = int(logits.shape[-1])
-        rows = logits[valid]
-        top = float(rows.abs().max()) if rows.numel() else 0.0
-        return max(int(valid.sum()) * vocab, 1), _finite_scale(top + math.log(vocab))
+        rows = logits[valid]  # [n, V]
+        spread = float((rows.amax(dim=-1) - rows.amin(dim=-1)).max()) if rows.numel() else 0.0
+        return max(int(valid.sum()) * vocab, 1), _finite_scale(spread + math.log(vocab))
     size = int(tg["base_target"].shape[0])
     pairs = max(size * (size - 1), 1) if batch.encoder_type == "unifrac" else max(size, 1)
     if not batch.uses_embeddings:
@@ -330,7 +335,20 @@ def _tolerance_text(tol: Tolerance, dtype: torch.dtype, n: int, scale: float) ->
 
 
 def _compare(actual: Tensor, expected: Tensor, tol: Tolerance) -> str | None:
-    """``None`` when close, else :func:`torch.testing.assert_close`'s message."""
+    """``None`` when close, else :func:`torch.testing.assert_close`'s message.
+
+    NaN is never close to anything, a NaN expected value included; rather than torch's
+    ``Expected nan but got nan.``, the message then says that both are NaN.
+    """
+    a, e = actual.detach().cpu().double(), expected.detach().cpu().double()
+    if a.shape == e.shape:
+        both = torch.isnan(a) & torch.isnan(e)
+        if bool(both.any()):
+            where = "" if a.dim() == 0 else f" at {int(both.sum())} of {a.numel()} position(s)"
+            return (
+                f"both results are NaN{where}: NaN is owed by no rule, so the fault is the NaN "
+                "itself, not a difference between them"
+            )
     try:
         torch.testing.assert_close(
             actual.detach().cpu().double(),
@@ -386,6 +404,30 @@ def _append(t: Tensor, dim: int, fill: float | bool = 0) -> Tensor:
     shape[dim] = 1
     extra = torch.full(shape, fill, dtype=t.dtype, device=t.device)
     return torch.cat([t, extra], dim=dim)
+
+
+def _padding_contents(batch: MultiTaskBatch) -> str:
+    """What the padded positions hold, per output: ``"outputs['x']: 4 padded, all nan"``."""
+    parts = []
+    for key, pad in batch.padded.items():
+        values = batch.outputs[key].detach().cpu().double()[pad.cpu()]
+        if values.numel() == 0:
+            continue
+        kinds = {
+            "nan": int(torch.isnan(values).sum()),
+            "+inf": int((values == math.inf).sum()),
+            "-inf": int((values == -math.inf).sum()),
+        }
+        kinds["finite"] = values.numel() - sum(kinds.values())
+        held = [f"{n} {k}" for k, n in kinds.items() if n]
+        text = f"all {held[0].split(' ', 1)[1]}" if len(held) == 1 else ", ".join(held)
+        parts.append(f"outputs[{key!r}]: {values.numel()} padded, {text}")
+    return "; ".join(parts) or "nothing is padded"
+
+
+def _as_drawn(batch: MultiTaskBatch) -> str:
+    """``"the batch as drawn (padded positions: ...)"``: garbage may already be there."""
+    return f"the batch as drawn (padded positions: {_padding_contents(batch)})"
 
 
 def _describe_garbage(batch: MultiTaskBatch, name: str) -> str:
@@ -525,7 +567,7 @@ def check_mask_values(loss: LossTarget, batch: MultiTaskBatch, *, term: str) -> 
     term = _check_term(term)
     batch = _check_batch(batch, term)
     case = _Case("C-MASK-1", term, check_mask_values, batch)
-    clean = _run(case, loss, batch.with_grad(), "the batch as drawn (no garbage)")
+    clean = _run(case, loss, batch.with_grad(), _as_drawn(batch))
     for name, fill in _fills(batch):
         dirty_batch = batch.with_grad().with_garbage(fill)
         garbage = _describe_garbage(batch, name)
@@ -559,8 +601,8 @@ def check_mask_gradients(loss: LossTarget, batch: MultiTaskBatch, *, term: str) 
     batch = _check_batch(batch, term)
     case = _Case("C-MASK-2", term, check_mask_gradients, batch)
     clean_batch = batch.with_grad()
-    clean_value = _run(case, loss, clean_batch, "the batch as drawn (no garbage)")
-    clean = _run_grads(case, clean_value, clean_batch, "the batch as drawn (no garbage)")
+    clean_value = _run(case, loss, clean_batch, _as_drawn(batch))
+    clean = _run_grads(case, clean_value, clean_batch, _as_drawn(batch))
     for name, fill in _fills(batch):
         dirty_batch = batch.with_grad().with_garbage(fill)
         garbage = _describe_garbage(batch, name)
@@ -665,7 +707,7 @@ def check_padding_invariance(
         batch,
         {"extra_asvs": extra_asvs, "extra_len": extra_len, "extra_rows": extra_rows},
     )
-    narrow = _run(case, loss, batch.with_grad(), "the batch as drawn")
+    narrow = _run(case, loss, batch.with_grad(), _as_drawn(batch))
     wide_batch = _widen(batch, extra_asvs, extra_len, extra_rows)
     wide = _run(case, loss, wide_batch.with_grad(), "the batch with extra padding")
     n = max((t.numel() for t in wide_batch.outputs.values()), default=1)
@@ -756,7 +798,11 @@ def check_empty_terms(loss: LossTarget, batch: MultiTaskBatch, *, term: str) -> 
     total = _value(dataclasses.replace(case, term="total_loss"), result)
     grads = _run_grads(case, total, run, what)
     zero_keys = {run.output_key(h) for h in heads}
+    # A per-term row judges the emptied term's own outputs; the others are their rows' business.
+    judged = set(grads) if term == "total_loss" else zero_keys
     for key, grad in grads.items():
+        if key not in judged:
+            continue
         if grad is None:
             raise case.violation(
                 f"total_loss.backward() does not reach outputs[{key!r}] (grad is None): the "
@@ -1033,27 +1079,45 @@ def _expect_value_error(
     Raises:
         ContractViolation: if nothing is raised, another exception is, or something is missing.
     """
-    try:
-        value = _value(ctx, _forward(loss.make(**bad.loss_kwargs), bad.with_grad()))
-    except ValueError as exc:
-        missing = missing_in(str(exc))
+    # Warnings are recorded, not raised: under ``filterwarnings=error`` a warning would look
+    # like an exception the loss raised, when it only warned and went on.
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        try:
+            value = _value(ctx, _forward(loss.make(**bad.loss_kwargs), bad.with_grad()))
+        except ValueError as exc:
+            error: Exception | None = exc
+        except ContractViolation:
+            raise
+        except Exception as exc:
+            error = exc
+        else:
+            error = None
+    if warned:
+        first = warned[0]
+        details = {
+            **details,
+            "warned": f"{first.category.__name__}: {first.message}"
+            + (f" (and {len(warned) - 1} more)" if len(warned) > 1 else ""),
+        }
+    if error is None:
+        only = " with only a warning" if warned else ""
+        raise ctx.violation(
+            f"{what} was {silently}{only} instead of raising ValueError",
+            {**details, "returned": _num(value)},
+        )
+    if isinstance(error, ValueError):
+        missing = missing_in(str(error))
         if missing:
             raise ctx.violation(
                 f"the ValueError for {what} does not name {missing}",
-                {**details, "exception": _exc(exc)},
-            ) from exc
+                {**details, "exception": _exc(error)},
+            ) from error
         return
-    except ContractViolation:
-        raise
-    except Exception as exc:
-        raise ctx.violation(
-            f"{what} raised {type(exc).__name__}, not ValueError",
-            {**details, "exception": _exc(exc)},
-        ) from exc
     raise ctx.violation(
-        f"{what} was {silently} instead of raising ValueError",
-        {**details, "returned": _num(value)},
-    )
+        f"{what} raised {type(error).__name__}, not ValueError",
+        {**details, "exception": _exc(error)},
+    ) from error
 
 
 def _names(message: str, name: str) -> bool:
@@ -1785,8 +1849,10 @@ def check_invariants(
     except Exception as exc:
         raise case.violation("raised on the batch", {"exception": _exc(exc)}) from exc
     value = _value(case, result)
+    if bool(torch.isnan(value.detach()).any()):
+        raise case.violation(f"{term} is NaN (so not >= 0)", {"value": _num(value)})
     if not bool((value.detach() >= 0).all()):
-        raise case.violation(f"{term} is not >= 0", {"value": _num(value)})
+        raise case.violation(f"{term} is negative (not >= 0)", {"value": _num(value)})
     dtype = value.dtype if value.is_floating_point() else batch.dtype
     head = _HEAD_OF.get(term)
     if head in ("count", "base") or (head == "target" and not batch.is_classifier):

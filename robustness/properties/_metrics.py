@@ -42,6 +42,7 @@ from robustness.target import MetricsTarget
 from robustness.tolerances import Tolerance, tolerance
 
 __all__ = [
+    "ID_CASES",
     "INPUT_CASES",
     "METRIC_FAMILIES",
     "check_metric_edge_cases",
@@ -87,6 +88,15 @@ INPUT_CASES: dict[str, tuple[str, ...]] = {
         "length_mismatch",
     ),
     "count": ("length_mismatch", "mask_mismatch"),
+}
+
+#: The id cases of C-METRIC-INPUT-1: case -> (the tensor it corrupts, the bad id's side).
+#: Spelled out rather than parsed from the name: ``true_out_of_range`` once corrupted y_pred.
+ID_CASES: dict[str, tuple[str, str]] = {
+    "negative_true": ("y_true", "negative"),
+    "negative_pred": ("y_pred", "negative"),
+    "true_out_of_range": ("y_true", "high"),
+    "pred_out_of_range": ("y_pred", "high"),
 }
 
 #: C-STREAM-3: R² of ``1e8 + noise`` targets within this of the reference (relative beyond 1).
@@ -275,10 +285,16 @@ def _compare_results(
         expected = _number(want[key])
         ok = value == expected if exact else _close(value, expected, tols[key])
         if not ok:
+            said = f"{key} = {value!r}, expected {expected!r}"
+            if math.isnan(value) and math.isnan(expected):
+                said = (
+                    f"{key} is NaN in both results: every metric owes a number (0.0 where it "
+                    "is undefined), so the fault is the NaN, not the difference"
+                )
             raise ContractViolation(
                 rule,
                 f"{metric}.{key}",
-                f"{headline}: {key} = {value!r}, expected {expected!r}",
+                f"{headline}: {said}",
                 details={
                     **details,
                     "got": repr(value),
@@ -389,8 +405,9 @@ def _bad_input(data: MetricData, case: str, index: int, offset: int) -> tuple[Me
         )
     row = index % data.n_rows
     k = data.k
-    bad = -1 - offset if case.startswith("negative") else k + offset
-    if case.endswith("_true"):
+    tensor, side = ID_CASES[case]
+    bad = -1 - offset if side == "negative" else k + offset
+    if tensor == "y_true":
         true = data.y_true.clone()
         true[row] = bad
         return (
@@ -411,10 +428,11 @@ def _input_case_usable(data: MetricData, case: str) -> str | None:
         return None
     if data.n_rows == 0:
         return "needs at least one sample"
-    if case.endswith("_pred") and data.pred_form != "ids":
+    tensor, side = ID_CASES[case]
+    if tensor == "y_pred" and data.pred_form != "ids":
         return "needs predictions given as [B] ids"
-    if case.endswith("out_of_range") and data.num_classes is None and data.pred_form == "ids":
-        return "needs num_classes (ids alone define K)"
+    if side == "high" and data.num_classes is None:
+        return "needs num_classes (without it, K is only inferred and no id is out of range)"
     return None
 
 
@@ -765,6 +783,23 @@ def check_stream_merge(
         a_bc = _compute(_merge(state(0), _merge(state(1), state(2))))
     except Exception as exc:
         raise _raised(rule, metric, "update/merge/compute", exc, details, replay) from exc
+    # A NaN where the reference owes a number (0.0 for an undefined precision) is the fault
+    # to report; compared with each other, two NaN results would read as a merge-order bug.
+    want = _reference(metric, data)
+    for name, result in (("one state fed all the data", single), ("(A⊕B)⊕C", ab_c)):
+        for key in _FAMILIES[metric][2]:
+            try:
+                got, owed = _number(result.get(key, 0.0)), _number(want[key])
+            except TypeError:
+                continue  # not a number: compare() below says so
+            if math.isnan(got) and not math.isnan(owed):
+                raise ContractViolation(
+                    rule,
+                    f"{metric}.{key}",
+                    f"{name} gives {key} = nan where the float64 reference is {owed!r}",
+                    details={**details, "got": "nan", "expected": repr(owed)},
+                    replay=replay,
+                )
     compare(ab, ba, "merge is not commutative: A⊕B differs from B⊕A")
     compare(ab_c, a_bc, "merge is not associative: (A⊕B)⊕C differs from A⊕(B⊕C)")
     compare(ab_c, single, "merged states differ from one state fed all the data")
@@ -941,6 +976,42 @@ def _count_lines() -> Iterator[_LineCounter]:
         sys.settrace(previous)
 
 
+def _class_ids_batch(n: int, seed: int) -> ClassificationData:
+    """``n`` predicted and true ids ``[B]`` without ``num_classes``: K is only inferred.
+
+    Seed ``s`` draws ids below ``1 + s % 4``, so fed in turn (seeds 0, 1, 2, ...) the classes
+    arrive over the first batches and the state must grow its K as they come.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    high = 1 + seed % 4
+    return ClassificationData(
+        torch.randint(0, high, (n,), generator=gen), torch.randint(0, high, (n,), generator=gen)
+    )
+
+
+def _stream4_configs(metric: str) -> list[tuple[str, list[MetricData]]]:
+    """``(what, [small, large, feed batch 0, feed batch 1, ...])`` per configuration measured.
+
+    Classification is measured with ``num_classes=4`` and log-probs, and with
+    ``num_classes=None`` and ids arriving over many batches (a state that keeps its batches to
+    infer K at ``compute`` passes the first and must fail the second).
+    """
+    feeds = [_batch(metric, _FEED_BATCH, seed=3)]
+    configs = [
+        ("", [_batch(metric, _TRACE_SMALL, seed=1), _batch(metric, _TRACE_LARGE, 2), *feeds])
+    ]
+    if metric == "classification":
+        configs[0] = ("num_classes=4, log-prob predictions", configs[0][1])
+        ids = [_class_ids_batch(_FEED_BATCH, seed) for seed in range(4)]
+        configs.append(
+            (
+                "num_classes=None, id predictions arriving over many batches",
+                [_class_ids_batch(_TRACE_SMALL, 1), _class_ids_batch(_TRACE_LARGE, 2), *ids],
+            )
+        )
+    return configs
+
+
 def check_stream_vectorized(metrics: MetricsTarget, *, metric: str, device: str = "cpu") -> None:
     """C-STREAM-4: ``update`` is vectorized and the state's memory is independent of data size.
 
@@ -954,17 +1025,27 @@ def check_stream_vectorized(metrics: MetricsTarget, *, metric: str, device: str 
       fixed-size sums pass; keeping the data, or a list that grows per batch, does not. A
       bounded sample for plots of up to 1e4 elements is allowed.
 
+    Classification is measured twice: with ``num_classes=4`` and log-probs, and with
+    ``num_classes=None`` and id predictions whose classes arrive over the first batches.
+
     Raises:
         ContractViolation: if the line count or the footprint grows with the data.
         HarnessUsageError: if ``metric`` is unknown.
     """
     _family(metric)
+    for what, batches in _stream4_configs(metric):
+        _measure_stream(metrics, metric, device, what, [b.to(device) for b in batches])
+
+
+def _measure_stream(
+    metrics: MetricsTarget, metric: str, device: str, what: str, batches: list[MetricData]
+) -> None:
     replay = ReplaySpec.of(check_stream_vectorized, "metrics", metric=metric, device=device)
     rule = "C-STREAM-4"
-    small = _batch(metric, _TRACE_SMALL, seed=1).to(device)
-    large = _batch(metric, _TRACE_LARGE, seed=2).to(device)
-    feed = _batch(metric, _FEED_BATCH, seed=3).to(device)
+    small, large, *feeds = batches
     details: dict[str, object] = {"device": device}
+    if what:
+        details["configuration"] = what
     try:
         for warm in (small, large):
             _new_state(metrics, metric, warm).update(*warm.args())
@@ -975,10 +1056,10 @@ def check_stream_vectorized(metrics: MetricsTarget, *, metric: str, device: str 
                 state.update(*batch.args())
             lines.append(counter.lines)
         footprints = []
-        for batches in (_FEED_SMALL, _FEED_LARGE):
-            state = _new_state(metrics, metric, feed)
-            for _ in range(batches):
-                state.update(*feed.args())
+        for count in (_FEED_SMALL, _FEED_LARGE):
+            state = _new_state(metrics, metric, feeds[0])
+            for i in range(count):
+                state.update(*feeds[i % len(feeds)].args())
             footprints.append(_footprint(state))
     except Exception as exc:
         raise _raised(rule, metric, "update", exc, details, replay) from exc
@@ -987,7 +1068,8 @@ def check_stream_vectorized(metrics: MetricsTarget, *, metric: str, device: str 
         raise ContractViolation(
             rule,
             metric,
-            "update runs Python code per element (not vectorized)",
+            "update runs Python code per element (not vectorized)"
+            + (f" with {what}" if what else ""),
             details={
                 **details,
                 "python lines": f"{lines[0]} for {_TRACE_SMALL} elements, "
@@ -1001,7 +1083,7 @@ def check_stream_vectorized(metrics: MetricsTarget, *, metric: str, device: str 
         raise ContractViolation(
             rule,
             metric,
-            "the streaming state grows with the data",
+            "the streaming state grows with the data" + (f" with {what}" if what else ""),
             details={
                 **details,
                 "state size": f"{footprints[0]} bytes after {n_small} elements, "

@@ -264,11 +264,11 @@ def check_regress_values(
     tol = tolerance(case.batch.dtype, n=n, scale=scale)
     values = {"candidate": cand.describe(), "baseline": base.describe()}
     if cand.value.shape != base.value.shape or cand.value.dtype != base.value.dtype:
-        raise case.violation(f"{term} changed its shape or dtype", values)
+        raise case.violation("the value changed its shape or dtype", values)
     message = _compare(cand.value, base.value, tol)
     if message is not None:
         raise case.violation(
-            f"{term} differs from the baseline",
+            "the value differs from the baseline",
             {
                 **values,
                 "tolerance": _tolerance_text(tol, case.batch.dtype, n, scale),
@@ -296,17 +296,15 @@ def check_regress_outcome(
     case, cand, base = _prepare("C-REGRESS-2", check_regress_outcome, loss, batch, term, baseline)
     outcomes = {"candidate": cand.describe(), "baseline": base.describe()}
     if cand.modified and not base.modified:
-        raise case.violation(
-            f"{term}: the candidate writes to its inputs, the baseline does not", outcomes
-        )
+        raise case.violation("the candidate writes to its inputs, the baseline does not", outcomes)
     if base.error is not None:
         if cand.error is None:
             raise case.violation(
-                f"{term}: the baseline raises on this input, the candidate does not", outcomes
+                "the baseline raises on this input, the candidate does not", outcomes
             )
         if _family(cand.error) != _family(base.error):
             raise case.violation(
-                f"{term}: the candidate raises a different kind of exception "
+                f"the candidate raises a different kind of exception "
                 f"({_family(cand.error)} instead of {_family(base.error)})",
                 outcomes,
             )
@@ -315,10 +313,10 @@ def check_regress_outcome(
         return
     if cand.error is not None:
         raise case.violation(
-            f"{term}: the candidate raises where the baseline gives a finite value", outcomes
+            "the candidate raises where the baseline gives a finite value", outcomes
         )
     if not cand.finite:
-        raise case.violation(f"{term} is not finite where the baseline's is finite", outcomes)
+        raise case.violation("the value is not finite where the baseline's is finite", outcomes)
 
 
 # --------------------------------------------------------------------------- C-REGRESS-3
@@ -360,14 +358,14 @@ def check_regress_gradients(
         return
     if cand.value is None:
         raise case.violation(
-            f"{term}: the candidate's forward raises where the baseline's gradients exist",
+            "the candidate's forward raises where the baseline's gradients exist",
             {"candidate": cand.describe(), "baseline": base.describe()},
         )
     try:
         cand_grads = _gradients(cand)
     except Exception as exc:  # a backward that raises breaks training
         raise case.violation(
-            f"{term}: the candidate's backward raises where the baseline's does not",
+            "the candidate's backward raises where the baseline's does not",
             {"candidate": _exc(exc), "baseline": base.describe()},
         ) from exc
     n, _ = _budget(case.batch, term)
@@ -375,7 +373,7 @@ def check_regress_gradients(
         cg = cand_grads[key]
         if reached is not None and cg is None:
             raise case.violation(
-                f"{term}: the candidate's graph no longer reaches outputs[{key!r}] (detached)",
+                f"the candidate's graph no longer reaches outputs[{key!r}] (detached)",
                 {
                     "candidate": f"{cand.describe()}; gradient None (not reached)",
                     "baseline": f"{base.describe()}; gradient summing to {_num(reached.sum())}",

@@ -363,13 +363,26 @@ class MultiTaskBatch:
                 f"{layout}{grad}{_value_range(t, ~self.padded[key])}"
             )
         for key, t in self.targets.items():
-            extra = ""
             if key in ("mask", "nuc_mask"):
                 extra = f", {int((t != 0).sum())}/{t.numel()} valid"
+            else:
+                extra = _value_range(t, self._target_valid(key, t))
             lines.append(f"  targets[{key!r}]: {tuple(t.shape)} {dtype_name(t.dtype)}{extra}")
         kwargs = ", ".join(f"{k}={_short(v)}" for k, v in self.loss_kwargs.items())
         lines.append(f"  loss_kwargs: {kwargs or '(defaults)'}")
         return "\n".join(lines)
+
+    def _target_valid(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        """Where a target's values matter: valid ASVs/positions, the unifrac off-diagonal."""
+        masks = {"counts": "mask", "nucleotides": "nuc_mask"}
+        mask = self.targets.get(masks.get(key, ""))
+        if mask is not None and mask.shape == t.shape[: mask.dim()]:
+            valid = mask != 0
+            return valid.reshape(*valid.shape, *([1] * (t.dim() - valid.dim()))).expand(t.shape)
+        if key == "base_target" and self.encoder_type == "unifrac" and t.dim() == 2:
+            if t.shape[0] == t.shape[1]:
+                return ~torch.eye(t.shape[0], dtype=torch.bool, device=t.device)
+        return torch.ones(t.shape, dtype=torch.bool, device=t.device)
 
     def __repr__(self) -> str:
         return self.describe()
@@ -457,14 +470,19 @@ def _short(value: object) -> str:
 
 
 def _value_range(t: torch.Tensor, valid: torch.Tensor) -> str:
-    """``", valid values in [lo, hi]"`` (or the values themselves when few)."""
-    if not t.is_floating_point():
+    """``", valid values in [lo, hi]"`` (or the values themselves when few); ids as ints."""
+    if t.dtype == torch.bool or t.is_complex():
         return ""
-    values = t.detach().cpu().double()[valid.cpu()]
+    floating = t.is_floating_point()
+    picked = t.detach().cpu()[valid.cpu()]
+    values = picked.double() if floating else picked.long()
     if values.numel() == 0:
         return ", no valid values"
     if values.numel() <= 6:
-        return f", valid values {[float(v) for v in values.tolist()]}"
+        shown = [float(v) for v in values.tolist()] if floating else values.tolist()
+        return f", valid values {shown}"
+    if not floating:
+        return f", valid values in [{int(values.min())}, {int(values.max())}]"
     return f", valid values in [{values.min().item():.6g}, {values.max().item():.6g}]"
 
 

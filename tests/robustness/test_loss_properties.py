@@ -32,7 +32,9 @@ from robustness.errors import (
     from_plain,
     resolve_qualified_name,
 )
+from robustness.properties import _gradients as gradients_module
 from robustness.properties import _losses as losses_module
+from robustness.properties._gradients import GRADIENT_CHECKS, check_reference_gradients
 from robustness.properties._losses import (
     LOSS_CHECKS,
     LOSS_INPUT_CASES,
@@ -59,6 +61,7 @@ from robustness.properties._losses import (
 )
 from robustness.strategies import MultiTaskBatch, multitask_batches
 from robustness.target import LossTarget, load_loss_target
+from robustness.tolerances import tolerance
 
 AAM = load_loss_target()
 
@@ -798,3 +801,307 @@ def test_exports_match_definitions():
     assert checks <= set(losses_module.__all__)
     assert defined <= set(losses_module.__all__)
     assert all(hasattr(losses_module, n) for n in losses_module.__all__)
+
+
+# --------------------------------------------------------------------------- C-GRAD-1
+
+
+class _FusedCrossEntropy(torch.autograd.Function):
+    """The right value; backward ``softmax - onehot`` at valid positions, ``1 / n`` forgotten."""
+
+    @staticmethod
+    def forward(ctx, logits, ids, valid, value):
+        ctx.save_for_backward(logits, ids, valid)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, ids, valid = ctx.saved_tensors
+        x = torch.where(valid.unsqueeze(-1), logits.float(), 0.0)
+        onehot = torch.nn.functional.one_hot(ids.clamp(0, x.shape[-1] - 1), x.shape[-1])
+        g = torch.where(valid.unsqueeze(-1), torch.softmax(x, dim=-1) - onehot, 0.0)
+        return (g * grad).to(logits.dtype), None, None, None
+
+
+class _NucNoMeanBackward(MultiTaskLoss):
+    """A fused nucleotide cross-entropy whose hand-written backward forgets the mean's 1/n."""
+
+    def compute_nucleotide_loss(self, nuc_pred, nuc_true, mask):
+        with torch.no_grad():
+            value = super().compute_nucleotide_loss(nuc_pred, nuc_true, mask)
+        ids = torch.where(mask != 0, nuc_true.long(), 0)
+        return _FusedCrossEntropy.apply(nuc_pred, ids, mask != 0, value)
+
+
+class _FusedPairMse(torch.autograd.Function):
+    """The right value; backward ``(p - t) / P`` off the diagonal, the factor 2 forgotten."""
+
+    @staticmethod
+    def forward(ctx, pred, true, value):
+        ctx.save_for_backward(pred, true)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        pred, true = ctx.saved_tensors
+        size = pred.shape[0]
+        off = ~torch.eye(size, dtype=torch.bool, device=pred.device)
+        g = torch.where(off, pred.float() - true.float(), 0.0) / max(size * (size - 1), 1)
+        return (g * grad).to(pred.dtype), None, None
+
+
+class _BaseNoTwoBackward(MultiTaskLoss):
+    """A fused unifrac base MSE whose hand-written backward forgets the factor 2."""
+
+    def compute_base_loss(self, base_pred, base_true, encoder_type="unifrac"):
+        with torch.no_grad():
+            value = super().compute_base_loss(base_pred, base_true, encoder_type)
+        if encoder_type != "unifrac":
+            return super().compute_base_loss(base_pred, base_true, encoder_type)
+        return _FusedPairMse.apply(base_pred, base_true, value)
+
+
+def _only(batch: MultiTaskBatch, *keys: str) -> MultiTaskBatch:
+    return dataclasses.replace(
+        batch,
+        outputs={k: v for k, v in batch.outputs.items() if k in keys},
+        padded={k: v for k, v in batch.padded.items() if k in keys},
+    )
+
+
+@pytest.mark.parametrize(
+    ("cls", "batch", "term"),
+    [
+        pytest.param(_NucNoMeanBackward, _only(REMAINDER, "nuc_predictions"), "nuc_loss", id="nuc"),
+        pytest.param(_NucNoMeanBackward, REMAINDER, "total_loss", id="nuc-total"),
+        pytest.param(
+            _BaseNoTwoBackward, _only(REMAINDER, "base_prediction"), "base_loss", id="base"
+        ),
+        pytest.param(_BaseNoTwoBackward, REMAINDER, "total_loss", id="base-total"),
+    ],
+)
+def test_gradient_check_kills_a_right_value_with_a_wrong_backward(cls, batch, term):
+    # Every value rule passes: only C-GRAD-1 sees the backward.
+    check_reference_values(_target(cls), batch, term=term)
+    check_finite_gradients(_target(cls), batch, term=term)
+    with pytest.raises(ContractViolation) as info:
+        check_reference_gradients(_target(cls), batch, term=term)
+    violation = info.value
+    assert violation.rule == "C-GRAD-1"
+    assert violation.term == term
+    assert violation.replay is not None
+    ratio = violation.details["gradient / reference"]
+    # The median ratio names the bug: 1/2 (factor 2 forgotten) or n (1/n forgotten).
+    expected = 0.5 if cls is _BaseNoTwoBackward else int((batch.targets["nuc_mask"] != 0).sum())
+    assert f"median {expected:g} " in ratio, ratio
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("term", LOSS_TERMS)
+def test_gradient_check_passes_on_aam(name, term):
+    batch = BATCHES[name]
+    if term != "total_loss":
+        batch = _only(batch, batch.output_key(term.removesuffix("_loss")))
+    check_reference_gradients(AAM, batch, term=term)
+
+
+def test_gradient_check_is_exported_like_the_others():
+    assert GRADIENT_CHECKS == {"C-GRAD-1": check_reference_gradients}
+    public = {n for n in dir(gradients_module) if not n.startswith("_")}
+    defined = {
+        n
+        for n in public
+        if getattr(getattr(gradients_module, n), "__module__", "") == gradients_module.__name__
+    }
+    assert defined <= set(gradients_module.__all__)
+    assert all(hasattr(gradients_module, n) for n in gradients_module.__all__)
+
+
+# --------------------------------------------------------------------------- C-REF-1 spread
+
+
+def _nuc_batch(logits: list[float], target: int, dtype: torch.dtype = torch.float32):
+    """One valid position: ``[[[logits]]]`` with id ``target``, nucleotide head only."""
+    x = torch.tensor([[[logits]]], dtype=dtype)
+    return MultiTaskBatch(
+        outputs={"nuc_predictions": x},
+        targets={
+            "nucleotides": torch.tensor([[[target]]]),
+            "nuc_mask": torch.ones(1, 1, 1, dtype=torch.bool),
+        },
+        padded={"nuc_predictions": torch.zeros(x.shape, dtype=torch.bool)},
+    )
+
+
+class _NaiveLogsumexp(MultiTaskLoss):
+    """Cross-entropy as ``logsumexp(x) - x[y]``: two huge, nearly equal numbers subtracted."""
+
+    def compute_nucleotide_loss(self, nuc_pred, nuc_true, mask):
+        super().compute_nucleotide_loss(nuc_pred, nuc_true, mask)  # aam's validation
+        valid = mask != 0
+        x = torch.where(valid.unsqueeze(-1), nuc_pred.float(), 0.0)
+        ids = torch.where(valid, nuc_true.long(), 0)
+        nll = torch.logsumexp(x, dim=-1) - x.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        return torch.where(valid, nll, 0.0).sum() / valid.sum().clamp(min=1)
+
+
+class _ShiftStable(MultiTaskLoss):
+    """Cross-entropy from logits shifted by their (constant) maximum: accurate at any size."""
+
+    def compute_nucleotide_loss(self, nuc_pred, nuc_true, mask):
+        super().compute_nucleotide_loss(nuc_pred, nuc_true, mask)  # aam's validation
+        valid = mask != 0
+        x = torch.where(valid.unsqueeze(-1), nuc_pred.float(), 0.0)
+        shifted = x - x.detach().amax(dim=-1, keepdim=True)
+        ids = torch.where(valid, nuc_true.long(), 0)
+        log_sum = shifted.exp().sum(dim=-1).log()
+        nll = log_sum - shifted.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        return torch.where(valid, nll, 0.0).sum() / valid.sum().clamp(min=1)
+
+
+EQUAL_HUGE = {
+    "1e7": _nuc_batch([1e7, 1e7], 1),
+    "1e4": _nuc_batch([1e4, 1e4], 0),
+    "finfo.max": _nuc_batch([float(torch.finfo(torch.float32).max)] * 2, 1),
+}
+
+
+def test_old_magnitude_tolerance_hid_the_naive_cross_entropy():
+    # nuc_loss of [1e7, 1e7] is log 2; lse - x[y] gives 1.0, and a tolerance scaled by the
+    # logits' magnitude (max|x| + log V, the old C-REF-1 scale) accepted it.
+    batch = EQUAL_HUGE["1e7"]
+    value = _NaiveLogsumexp()(*batch.loss_inputs())["nuc_loss"]
+    assert float(value) == 1.0
+    old = tolerance(torch.float32, n=2, scale=1e7 + math.log(2))
+    assert losses_module._compare(value, torch.tensor(math.log(2)), old) is None
+
+
+@pytest.mark.parametrize("size", sorted(EQUAL_HUGE))
+def test_reference_check_scales_cross_entropy_by_the_logits_spread(size):
+    batch = EQUAL_HUGE[size]
+    with pytest.raises(ContractViolation) as info:
+        check_reference_values(_target(_NaiveLogsumexp), batch, term="nuc_loss")
+    assert info.value.rule == "C-REF-1"
+    assert "scale=0.693147" in str(info.value)  # spread 0 + log 2
+    # ...and the gradient of exp(x - logsumexp(x)) is off too.
+    with pytest.raises(ContractViolation):
+        check_reference_gradients(_target(_NaiveLogsumexp), batch, term="nuc_loss")
+    # A shift-stable cross-entropy meets both tolerances: they are attainable.
+    check_reference_values(_target(_ShiftStable), batch, term="nuc_loss")
+    check_reference_gradients(_target(_ShiftStable), batch, term="nuc_loss")
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class _NanNuc(MultiTaskLoss):
+    """nuc_loss is NaN whatever the input."""
+
+    def compute_nucleotide_loss(self, nuc_pred, nuc_true, mask):
+        return super().compute_nucleotide_loss(nuc_pred, nuc_true, mask) * math.nan
+
+
+class _NanCount(MultiTaskLoss):
+    """count_loss is NaN whatever the input."""
+
+    def compute_count_loss(self, count_pred, count_true, mask):
+        return super().compute_count_loss(count_pred, count_true, mask) * math.nan
+
+
+class _WarnsAndBroadcasts(MultiTaskLoss):
+    """Regression target as F.mse_loss: a shape mismatch only warns, then broadcasts."""
+
+    def compute_target_loss(self, target_pred, target_true, is_classifier=False):
+        if is_classifier:
+            return super().compute_target_loss(target_pred, target_true, is_classifier)
+        return torch.nn.functional.mse_loss(target_pred.float(), target_true.float())
+
+
+class _RejectsAnyNan(MultiTaskLoss):
+    """count_loss checks the whole tensor, padding included, for NaN."""
+
+    def compute_count_loss(self, count_pred, count_true, mask):
+        if bool(torch.isnan(count_pred).any()):
+            raise ValueError("count_loss: count_prediction has NaN")
+        return super().compute_count_loss(count_pred, count_true, mask)
+
+
+class _NanCountBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pred, value):
+        ctx.shape = pred.shape
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full(ctx.shape, math.nan, dtype=grad.dtype), None
+
+
+class _NanCountGradient(MultiTaskLoss):
+    """count_loss's backward is NaN everywhere (a count-only bug)."""
+
+    def compute_count_loss(self, count_pred, count_true, mask):
+        with torch.no_grad():
+            value = super().compute_count_loss(count_pred, count_true, mask)
+        return _NanCountBackward.apply(count_pred, value)
+
+
+def test_nan_against_nan_is_reported_as_nan_not_as_a_difference():
+    with pytest.raises(ContractViolation) as info:
+        check_padding_invariance(_target(_NanNuc), REMAINDER, term="nuc_loss")
+    comparison = info.value.details["comparison"]
+    assert "Expected nan but got nan" not in comparison
+    assert comparison.startswith("both results are NaN")
+
+
+def test_a_nan_term_is_called_nan_not_negative():
+    with pytest.raises(ContractViolation) as info:
+        check_invariants(_target(_NanCount), REMAINDER, term="count_loss")
+    assert info.value.headline == "count_loss is NaN (so not >= 0)"
+
+
+def test_a_shape_mismatch_that_only_warns_says_it_warned():
+    # Under filterwarnings=error the warning would surface as "raised UserWarning".
+    with pytest.raises(ContractViolation) as info:
+        check_shape_mismatch(
+            _target(_WarnsAndBroadcasts),
+            REMAINDER,
+            term="target_loss",
+            case="target_column_vs_vector",
+        )
+    violation = info.value
+    assert violation.rule == "C-SHAPE-1"
+    assert "with only a warning instead of raising ValueError" in violation.headline
+    assert "raised UserWarning" not in violation.headline
+    assert violation.details["warned"].startswith("UserWarning: ")
+    assert "returned" in violation.details
+
+
+def test_the_batch_as_drawn_describes_what_its_padding_holds():
+    with pytest.raises(ContractViolation) as info:
+        check_mask_values(_target(_RejectsAnyNan), NAN_PADDING, term="count_loss")
+    headline = info.value.headline
+    assert "(no garbage)" not in headline
+    padded = int(NAN_PADDING.padded["count_prediction"].sum())
+    assert f"outputs['count_prediction']: {padded} padded, all nan" in headline
+
+
+def test_empty_check_names_the_tensor_of_its_own_term():
+    # A count-only gradient bug is not the base_loss row's finding...
+    check_empty_terms(_target(_NanCountGradient), REMAINDER, term="base_loss")
+    # ...but the count and total rows name count_prediction.
+    for term in ("count_loss", "total_loss"):
+        with pytest.raises(ContractViolation, match=r"outputs\['count_prediction'\]") as info:
+            check_empty_terms(_target(_NanCountGradient), REMAINDER, term=term)
+        assert info.value.term == term
+
+
+def test_batch_description_shows_target_values():
+    text = REMAINDER.describe()
+    valid = REMAINDER.targets["mask"].bool()
+    counts = [float(v) for v in REMAINDER.targets["counts"][valid].reshape(-1).tolist()]
+    assert f"targets['counts']: (3, 3, 1) float32, valid values {counts}" in text
+    assert "targets['nucleotides']: (3, 3, 4) int64, valid values in [0, " in text
+    assert "targets['target']: (3, 2) float32, valid values [" in text
+    classes = DUPLICATES.describe()
+    assert "targets['target']: (4,) int64, valid values [0, 1, 2, 0]" in classes

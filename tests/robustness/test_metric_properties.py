@@ -22,7 +22,10 @@ from hypothesis import strategies as st
 
 from robustness.errors import ContractViolation, HarnessUsageError, from_plain, to_plain
 from robustness.properties._metrics import (
+    ID_CASES,
     INPUT_CASES,
+    _bad_input,
+    _input_case_usable,
     check_metric_edge_cases,
     check_metric_input_validation,
     check_metric_reference,
@@ -40,6 +43,7 @@ from robustness.references._metrics import (
 from robustness.strategies._metric_data import (
     ClassificationData,
     CountData,
+    Partition,
     RegressionData,
     classification_data,
     count_data,
@@ -364,6 +368,14 @@ class _WrappingIds(_ToyClassification):
         self.cm.index_put_((true, pred), ones, accumulate=True)
 
 
+class _ClampedTargets(_ToyClassification):
+    """Target ids forced into [0, K) before validation: a label of K counts as class K - 1."""
+
+    def _ids(self, y_pred, y_true):
+        k = self.num_classes or (y_pred.shape[1] if y_pred.dim() == 2 else None)
+        return super()._ids(y_pred, y_true if k is None else y_true.clamp(0, k - 1))
+
+
 class _AliasingMerge(_ToyClassification):
     """An empty state adopts the other's matrix by reference; later updates write into it."""
 
@@ -411,6 +423,19 @@ class _KeepsAllData(_ToyCount):
     def update(self, count_pred, count_true, mask):
         super().update(count_pred, count_true, mask)
         self.batches.append((count_pred.clone(), count_true.clone(), mask.clone()))
+
+
+class _KeepsIdsWithoutK(_ToyClassification):
+    """Without num_classes, keeps every batch to infer K: memory grows with the data."""
+
+    def reset(self):
+        super().reset()
+        self.kept = []
+
+    def update(self, y_pred, y_true):
+        super().update(y_pred, y_true)
+        if self.num_classes is None:
+            self.kept.append((y_pred.clone(), y_true.clone()))
 
 
 class _NoCountCheck(_ToyCount):
@@ -490,6 +515,13 @@ def test_reference_check_kills(cls, strategy, metric):
             id="wrap-pred-too-large",
         ),
         pytest.param(
+            {"StreamingClassificationMetrics": _ClampedTargets},
+            "classification",
+            "true_out_of_range",
+            classification_data(min_batch=1, num_classes_given=True),
+            id="clamp-true-too-large",
+        ),
+        pytest.param(
             {"StreamingRegressionMetrics": _Truncating},
             "regression",
             "length_mismatch",
@@ -511,6 +543,39 @@ def test_input_check_kills(cls, metric, case, strategy):
         case=case,
     )
     assert case in str(violation)
+
+
+@pytest.mark.parametrize("case", sorted(ID_CASES))
+@pytest.mark.parametrize("pred_form", ["ids", "log_probs"])
+def test_each_id_case_corrupts_exactly_the_tensor_it_names(case, pred_form):
+    named, side = ID_CASES[case]
+    assert named == ("y_true" if "true" in case else "y_pred")
+    assert side == ("negative" if case.startswith("negative") else "high")
+    pred = torch.tensor([0, 2, 1]) if pred_form == "ids" else torch.eye(3).log_softmax(dim=1)
+    data = ClassificationData(pred, torch.tensor([1, 1, 2]), 3)
+    if _input_case_usable(data, case):
+        assert named == "y_pred"
+        assert pred_form == "log_probs"
+        return
+    bad, what = _bad_input(data, case, 4, 1)
+    changed = {
+        name: int((getattr(bad, name) != getattr(data, name)).sum())
+        for name in ("y_true", "y_pred")
+    }
+    assert changed == {named: 1, ({"y_true", "y_pred"} - {named}).pop(): 0}
+    assert getattr(bad, named).reshape(-1)[1] == (-2 if side == "negative" else 4)
+    assert what.startswith(f"{named}[1] = ")
+
+
+def test_out_of_range_cases_need_num_classes():
+    # Without num_classes K is only inferred (from the ids, or grown past the log-prob width),
+    # so no id is out of range by any documented rule.
+    for pred in (torch.tensor([0, 1]), torch.zeros(2, 3)):
+        data = ClassificationData(pred, torch.tensor([0, 1]), None)
+        assert "num_classes" in _input_case_usable(data, "true_out_of_range")
+    ids = ClassificationData(torch.tensor([0, 1]), torch.tensor([0, 1]), None)
+    assert "num_classes" in _input_case_usable(ids, "pred_out_of_range")
+    assert _input_case_usable(ids, "negative_true") is None
 
 
 def test_input_check_rejects_cases_it_cannot_build():
@@ -616,6 +681,17 @@ def test_vectorized_check_kills_a_state_that_keeps_the_data():
     with pytest.raises(ContractViolation, match="grows with the data") as info:
         check_stream_vectorized(target, metric="count")
     assert info.value.rule == "C-STREAM-4"
+
+
+def test_vectorized_check_kills_a_class_state_that_keeps_batches_without_num_classes():
+    # With num_classes=4 the state is a fixed [4, 4] matrix; only the num_classes=None
+    # measurement (ids whose classes arrive over many batches) sees the kept batches.
+    target = _toy(StreamingClassificationMetrics=_KeepsIdsWithoutK)
+    with pytest.raises(ContractViolation, match="grows with the data") as info:
+        check_stream_vectorized(target, metric="classification")
+    assert info.value.rule == "C-STREAM-4"
+    assert "num_classes=None" in info.value.headline
+    assert "num_classes=None" in str(info.value.details["configuration"])
 
 
 # --------------------------------------------------------------------------- correct code passes
@@ -897,3 +973,37 @@ def test_the_harness_does_not_import_sklearn():
         "sys.exit('sklearn' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class _NanPrecision(_ToyClassification):
+    """Precision as tp / predicted with no zero_division guard: NaN for a never-predicted class."""
+
+    def compute(self):
+        out = super().compute()
+        cm = self.cm.double()
+        n = float(cm.sum())
+        if n:
+            tp, support, predicted = cm.diagonal(), cm.sum(1), cm.sum(0)
+            out["precision"] = float(((tp / predicted) * support).sum() / n)
+        return out
+
+
+def test_merge_check_names_nan_where_a_number_is_owed():
+    # Class 2 is never predicted: precision owes 0.0 for it. Both merge orders give NaN, so
+    # "merge is not commutative ... precision = nan, expected nan" would blame the merge.
+    data = ClassificationData(torch.tensor([0, 1, 0, 1, 0, 1]), torch.tensor([0, 1, 2, 1, 0, 2]), 3)
+    with pytest.raises(ContractViolation) as info:
+        check_stream_merge(
+            _toy(StreamingClassificationMetrics=_NanPrecision),
+            data,
+            metric="classification",
+            partition=Partition((2, 4)),
+        )
+    violation = info.value
+    assert violation.rule == "C-STREAM-2"
+    assert violation.term == "classification.precision"
+    assert "precision = nan where the float64 reference is 0." in violation.headline
+    assert "not commutative" not in violation.headline

@@ -159,7 +159,7 @@ def test_a_differential_violation_replays_from_its_spec():
     spec = info.value.replay
     assert spec is not None
     plain = torch.load(_saved(spec.args), weights_only=True)
-    with pytest.raises(ContractViolation, match="count_loss differs from the baseline"):
+    with pytest.raises(ContractViolation, match="count_loss: the value differs from the baseline"):
         resolve_qualified_name(spec.check)(_variant(_ScaledCount), **from_plain(plain))
 
 
@@ -190,6 +190,10 @@ def test_a_new_exception_fails_the_outcome_rule():
             _variant(_RaisesOnSingle), single, term="base_loss", baseline=AAM_LOSS
         )
     assert info.value.rule == "C-REGRESS-2"
+    # The term is named once, by the violation, not again in the headline.
+    assert str(info.value).splitlines()[0] == (
+        "[C-REGRESS-2] base_loss: the candidate raises where the baseline gives a finite value"
+    )
     assert "RuntimeError: need at least two samples" in info.value.details["candidate"]
     assert "(float32, shape ())" in info.value.details["baseline"]
 
@@ -448,7 +452,7 @@ def test_gate_against_the_previous_commit_fails_on_the_changed_term(two_commit_r
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAILED" in done.stdout
-    assert "[C-REGRESS-1] count_loss: count_loss differs from the baseline" in done.stdout
+    assert "[C-REGRESS-1] count_loss: the value differs from the baseline" in done.stdout
     assert "candidate" in done.stdout
     assert "baseline" in done.stdout
     assert "at HEAD~1 (" in done.stdout

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from robustness.tolerances import SAFETY_FACTOR, tolerance
+from robustness.tolerances import SAFETY_FACTOR, gradient_tolerance, tolerance
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
@@ -37,3 +37,20 @@ def test_half_precision_is_looser_than_float32_which_is_looser_than_float64():
 def test_tolerance_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tolerance(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_gradient_tolerance_grows_with_fan_in_not_with_the_reduction(dtype):
+    # One gradient entry of a mean over N terms is w / N * f'(x_i): no sum over N, so only the
+    # entry's own backward (fan_in, e.g. V logits) enters, with the same formula.
+    eps = torch.finfo(dtype).eps
+    assert gradient_tolerance(dtype).rtol == pytest.approx(SAFETY_FACTOR * eps)
+    assert gradient_tolerance(dtype, fan_in=4) == tolerance(dtype, n=4, scale=0.0)
+    assert gradient_tolerance(dtype, fan_in=4, scale=0.5).atol == pytest.approx(
+        0.5 * 2 * SAFETY_FACTOR * eps
+    )
+
+
+def test_gradient_tolerance_rejects_an_empty_fan_in():
+    with pytest.raises(ValueError, match="fan_in >= 1"):
+        gradient_tolerance(torch.float32, fan_in=0)
