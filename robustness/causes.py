@@ -8,7 +8,9 @@ when
   test's own crash) of the same type whose message has the same *shape*: numbers, shapes,
   positions and addresses normalized away (:func:`message_shape`), whatever rule or term it
   failed; or
-* neither does, and they violate the same property (rule and headline shape) on the same term.
+* neither does, and they violate the same property (rule and headline shape) on the same term;
+  a ``total_loss`` row that violates a rule the way one of its terms does (the same headline
+  with the term's name in it) joins that term's cause: the total only inherits the bug.
 
 A row with several failing tests takes the cause of its first one, so every failing row is in
 exactly one cause. Summaries are built from normalized text only, so the same bug gives the
@@ -132,6 +134,12 @@ def cause_of(failure: FailureLike) -> tuple[str, str]:
     )
 
 
+def _generic_headline(failure: FailureLike) -> str:
+    """The headline shape with the failure's own term name replaced by a placeholder."""
+    _, _, headline, _ = _details(failure.message)
+    return message_shape(headline or failure.message).replace(failure.term, "{term}")
+
+
 def _who(terms: Iterable[str]) -> str:
     """The terms a raising cause names: the per-term ones (the total only when alone)."""
     chosen = sorted(set(terms))
@@ -148,8 +156,16 @@ def group_causes(failures: Sequence[FailureLike]) -> list[Cause]:
     by_key: dict[str, Cause] = {}
     row_cause: dict[tuple[str, str], str] = {}
     whats: dict[str, str] = {}
+    # (rule, headline shape with the term's name as a placeholder) -> first per-term cause.
+    per_term: dict[tuple[str, str], str] = {}
     for failure in failures:
         key, what = cause_of(failure)
+        if not key.startswith("raised "):
+            generic = (failure.rule, _generic_headline(failure))
+            if failure.term == "total_loss":
+                key = per_term.get(generic, key)
+            else:
+                per_term.setdefault(generic, key)
         row = (failure.rule, failure.term)
         key = row_cause.setdefault(row, key)
         cause = by_key.get(key)

@@ -79,16 +79,28 @@ def test_a_crash_outside_a_violation_groups_by_its_exception():
 def test_the_same_property_on_different_terms_is_different_causes():
     failures = [
         _violation("C-MASK-1", "count_loss", "count_loss changed when padded positions held nan"),
-        _violation("C-MASK-1", "total_loss", "total_loss changed when padded positions held nan"),
+        _violation("C-MASK-1", "nuc_loss", "nuc_loss changed when padded positions held nan"),
         _violation("C-MASK-2", "count_loss", "gradient at padding is 0.5, not 0"),
     ]
     causes = group_causes(failures)
     assert [c.rows for c in causes] == [
         [("C-MASK-1", "count_loss")],
-        [("C-MASK-1", "total_loss")],
+        [("C-MASK-1", "nuc_loss")],
         [("C-MASK-2", "count_loss")],
     ]
     assert causes[2].summary == "C-MASK-2 count_loss: gradient at padding is #, not #"
+
+
+def test_a_total_failing_the_way_one_term_does_joins_that_terms_cause():
+    failures = [
+        _violation("C-MASK-1", "count_loss", "count_loss changed when padded positions held nan"),
+        _violation("C-MASK-1", "total_loss", "total_loss changed when padded positions held nan"),
+        _violation("C-REF-1", "total_loss", "total_loss differs from the reference"),
+    ]
+    first, second = group_causes(failures)
+    assert first.rows == [("C-MASK-1", "count_loss"), ("C-MASK-1", "total_loss")]
+    assert first.summary == "C-MASK-1 count_loss: count_loss changed when padded positions held nan"
+    assert second.rows == [("C-REF-1", "total_loss")]
 
 
 def test_every_failing_row_is_in_exactly_one_cause_largest_first():
