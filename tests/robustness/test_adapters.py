@@ -122,7 +122,7 @@ def test_an_adapter_that_forgets_a_convention_fails_the_gate(their_repository):
     # Broken variant: the NaN-diagonal convention left out, so the wrapped unifrac loss
     # counts the diagonal pairs too.
     source = (their_repository / "mylosses_target.py").read_text()
-    broken = source.replace('"compute_base_loss": nan_diagonal(), ', "")
+    broken = re.sub(r'"compute_base_loss": nan_diagonal\(\),\s*', "", source)
     broken = broken.replace('"forward": [nan_diagonal(), ', '"forward": [')
     assert broken != source
     (their_repository / "broken_target.py").write_text(broken)
