@@ -34,7 +34,7 @@ def test_every_key_is_read_and_paths_resolve_against_the_rootdir(tmp_path):
             target = "mypkg.losses:MultiTaskLoss"
             metrics = false
             gathered_loss = "mypkg.distributed:gathered_base_loss"
-            profile = "ci"
+            profile = "thorough"
             rules = ["C-MASK", "C-STREAM-3"]
             skip_rules = ["C-DDP"]
             known = "robustness-known.json"
@@ -140,6 +140,7 @@ def test_the_plugin_reads_the_table_and_metrics_false_deselects_metric_rules(tmp
         """
         target = "robustness.mutants.count_keepdim:MultiTaskLoss"
         metrics = false
+        profile = "thorough"
         rules = ["C-SCALAR-1", "C-STREAM-1"]
         skip_rules = ["C-SCALAR-1"]
         """,
@@ -148,6 +149,7 @@ def test_the_plugin_reads_the_table_and_metrics_false_deselects_metric_rules(tmp
     out = run.stdout
     assert run.returncode == 5, out + run.stderr  # everything deselected: no tests ran
     assert "robustness: target robustness.mutants.count_keepdim:MultiTaskLoss, metrics none" in out
+    assert "robustness: hypothesis profile 'thorough'" in out
     assert "C-STREAM" not in out
     assert "test_metric" not in out
     # Only loss rules remain without skip_rules: C-STREAM-1 rows are deselected, not skipped.
