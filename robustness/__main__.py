@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import sys
 from collections.abc import Sequence
+
+#: Exit status when the run itself cannot start (the gate's EXIT_BROKEN).
+EXIT_BROKEN = 3
+#: Modules every command needs, and the distribution that provides each.
+_REQUIRED = {
+    "torch": "torch",
+    "numpy": "numpy",
+    "hypothesis": "hypothesis",
+    "pytest": "pytest",
+    "xdist": "pytest-xdist",
+}
 
 _USAGE = """usage: robustness {gate,replay,selftest} [options]
 
@@ -11,7 +24,30 @@ _USAGE = """usage: robustness {gate,replay,selftest} [options]
   replay    re-run the check recorded in a repro file
   selftest  run the gate on every mutant of the corpus and on aam; print the kill table
 
-'robustness COMMAND --help' describes each command's options."""
+'robustness COMMAND --help' describes each command's options; --version prints the version."""
+
+
+def version() -> str:
+    """The installed version of this package (``aam-robustness``)."""
+    try:
+        return importlib.metadata.version("aam-robustness")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def missing_dependency() -> str | None:
+    """A one-line message naming the first missing required module, or ``None``."""
+    for module, distribution in _REQUIRED.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return (
+                f"robustness: error: missing dependency {module!r}: install it with "
+                f"'pip install {distribution}' (or reinstall: pip install aam-robustness)"
+            )
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,7 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(_USAGE)
         return 0 if args else 2
+    if args[0] == "--version":
+        print(f"robustness {version()}")
+        return 0
     command, rest = args[0], args[1:]
+    if command in ("gate", "replay", "selftest"):
+        missing = missing_dependency()
+        if missing:
+            print(missing, file=sys.stderr)
+            return EXIT_BROKEN
     if command == "gate":
         from robustness.gate import run_gate
 

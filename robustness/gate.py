@@ -48,6 +48,7 @@ from robustness.baseline import (
     materialized,
 )
 from robustness.causes import Cause, group_causes, render_causes
+from robustness.config import gate_defaults, load_config
 from robustness.devices import DEVICE_CHOICES
 from robustness.errors import HarnessUsageError
 from robustness.known import (
@@ -210,6 +211,12 @@ def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
         "--rules", default=None, metavar="ID[,ID...]", help="check only these rule ids"
     )
     parser.add_argument(
+        "--skip-rules",
+        default=None,
+        metavar="ID[,ID...]",
+        help="leave out these rule ids or prefixes (e.g. C-DDP)",
+    )
+    parser.add_argument(
         "--maxfail",
         type=_non_negative_int,
         default=0,
@@ -319,7 +326,8 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         "--metrics",
         default=None,
         metavar="MODULE",
-        help="metrics module under test (default: $ROBUSTNESS_METRICS, then aam.training.metrics)",
+        help="metrics module under test, or 'none' to check the loss only (default: "
+        "$ROBUSTNESS_METRICS, then aam.training.metrics)",
     )
 
 
@@ -395,6 +403,8 @@ def _resolve_baseline(
         return _Baseline(base_loss, base_metrics)
     loss_spec = options.baseline or loss.spec
     metrics_spec = options.baseline_metrics or metrics.spec
+    if not metrics.enabled and not options.baseline_metrics:
+        metrics_spec = loss_spec  # loss-only: nothing else to materialize
     for spec, kind in ((loss_spec, "loss"), (metrics_spec, "metrics")):
         module = spec.partition(":")[0]
         if not module or module.startswith("."):
@@ -405,7 +415,7 @@ def _resolve_baseline(
         )
     )
     base_loss = load_loss_target(at.spec(loss_spec))
-    base_metrics = load_metrics_target(at.spec(metrics_spec))
+    base_metrics = load_metrics_target(at.spec(metrics_spec)) if metrics_spec != loss_spec else None
     label = f"{options.baseline_ref} ({at.commit[:10]})"
     return _Baseline(base_loss, base_metrics, str(at.path), label)
 
@@ -437,6 +447,8 @@ def _pytest_args(options: argparse.Namespace, loss_spec: str, metrics_spec: str)
         args += ["-n", str(options.workers), "--dist", "loadgroup"]
     if options.rules:
         args += ["--robustness-rules", options.rules]
+    if options.skip_rules:
+        args += ["--robustness-skip-rules", options.skip_rules]
     if options.maxfail:
         args += ["--maxfail", str(options.maxfail)]
     if options.junitxml:
@@ -806,7 +818,14 @@ def _write_report(
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    options = build_parser().parse_args(argv)
+    """The options: command line over environment over ``[tool.robustness]`` over defaults.
+
+    Raises:
+        HarnessUsageError: the ``[tool.robustness]`` table is malformed (robustness.config).
+    """
+    parser = build_parser()
+    parser.set_defaults(**gate_defaults(load_config()))
+    options = parser.parse_args(argv)
     options.profile = options.profile or _default_profile()
     for name, env in (
         ("baseline", BASELINE_ENV),
@@ -821,12 +840,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run_gate(argv: Sequence[str] | None = None) -> int:
     """Run the gate with command-line ``argv``; return the exit status."""
-    options = _parse(argv)
+    try:
+        options = _parse(argv)
+    except HarnessUsageError as exc:
+        print(f"robustness gate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     with contextlib.ExitStack() as stack:
         try:
             options.known_entries = load_known(options.known_path)
             loss = load_loss_target(options.target)
-            metrics = load_metrics_target(options.metrics)
+            metrics = load_metrics_target(options.metrics, allow_none=True)
             selection = RegressSelection.parse(options.regress_only, options.regress_skip)
             baseline = _resolve_baseline(options, loss, metrics, stack)
         except HarnessUsageError as exc:

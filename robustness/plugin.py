@@ -14,6 +14,16 @@ Options (and the environment variables that stand in for them):
 * ``--robustness-repro-dir`` / ``$ROBUSTNESS_REPRO_DIR``: where repro files go
   (default ``.robustness/repros``).
 * ``--robustness-rules``: rule ids to run; a prefix such as ``C-REGRESS`` selects the family.
+* ``--robustness-skip-rules``: rule ids or prefixes to leave out (deselected).
+
+Each falls back to the ``[tool.robustness]`` table of the rootdir's ``pyproject.toml``
+(:mod:`robustness.config`): option, then environment variable, then that table, then the
+built-in default. ``--robustness-metrics none`` (``metrics = false``) deselects every metric
+rule. When a target is named, the rootdir goes first on ``sys.path`` so that a package that
+is not installed imports as it does under ``python -m pytest``. Each run's repro files go to
+their own folder ``<repro dir>/<run id>/``; ``<repro dir>/last`` names the latest run's folder
+(``python -m robustness replay --last-failed``), and only the newest
+:data:`KEEP_RUNS` run folders are kept.
 
 The regression guard (differential rules C-REGRESS-*, ``robustness/contract/
 test_regress_rules.py``) is collected only when a baseline is configured:
@@ -36,10 +46,14 @@ parametrized; cuda is skipped with a reason where it cannot run), and for the re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import re
 import shlex
+import shutil
 import sys
+import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +69,7 @@ from robustness.baseline import (
     REGRESS_SKIP_ENV,
     RegressSelection,
 )
+from robustness.config import RobustnessConfig, load_config, metrics_disabled
 from robustness.devices import DEVICE_CHOICES, device_params
 from robustness.errors import ContractViolation, HarnessUsageError
 from robustness.target import (
@@ -62,6 +77,7 @@ from robustness.target import (
     DEFAULT_METRICS_TARGET,
     LOSS_TARGET_ENV,
     METRICS_TARGET_ENV,
+    NO_METRICS,
     LossTarget,
     MetricsTarget,
     load_loss_target,
@@ -74,6 +90,12 @@ REGRESS_MODULE = "test_regress_rules.py"
 REPRO_DIR_ENV = "ROBUSTNESS_REPRO_DIR"
 DEFAULT_REPRO_DIR = ".robustness/repros"
 REPRO_FORMAT = 1
+#: The file in the repro directory that names the latest run's folder.
+LAST_RUN_FILE = "last"
+#: How many run folders are kept in the repro directory (older ones are removed).
+KEEP_RUNS = 10
+_RUN_ID_RE = re.compile(r"^\d{8}T\d{6}-\d+$")
+_RUN_ID_INPUT = "robustness_run_id"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -103,6 +125,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="ID[,ID...]",
         help="run only the contract tests of these rule ids (e.g. C-MASK-1,C-MASK-2); a "
         "prefix selects a family (C-REGRESS)",
+    )
+    group.addoption(
+        "--robustness-skip-rules",
+        default=None,
+        metavar="ID[,ID...]",
+        help="leave out the contract tests of these rule ids or prefixes (e.g. C-DDP)",
     )
     group.addoption(
         "--robustness-repro-dir",
@@ -147,13 +175,68 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _option(config: pytest.Config, name: str, env: str) -> str | None:
-    value = config.getoption(name) or os.environ.get(env)
+def _option(
+    config: pytest.Config, name: str, env: str | None, key: str | None = None
+) -> str | None:
+    """Option ``name``, else ``$env``, else the ``[tool.robustness]`` ``key``, else ``None``."""
+    value = config.getoption(name) or (os.environ.get(env) if env else None)
+    if not value and key is not None:
+        project = config.stash.get(_CONFIG_KEY, None)
+        value = getattr(project, key, None) if project is not None else None
+        if isinstance(value, tuple):
+            value = ",".join(value)
     return str(value) if value else None
 
 
+def _read_project_config(config: pytest.Config) -> RobustnessConfig:
+    try:
+        project = load_config(config.rootpath)
+    except HarnessUsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_CONFIG_KEY] = project
+    return project
+
+
+def _put_rootdir_on_path(config: pytest.Config) -> None:
+    """Import a named target from the rootdir as ``python -m pytest`` would (cwd first)."""
+    root = str(config.rootpath)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+        config.stash[_ROOT_KEY] = root
+
+
+def _load_configured_targets(config: pytest.Config, project: RobustnessConfig) -> None:
+    """Import the named targets up front; a bad one is a usage error, not a wall of failures."""
+    named_loss = _loss_spec(config) is not None
+    named_metrics = _metrics_spec(config) is not None
+    if named_loss or named_metrics or project.gathered_loss:
+        _put_rootdir_on_path(config)
+    try:
+        if named_loss:
+            loss = load_loss_target(_loss_spec(config))
+            if project.gathered_loss:
+                loss = dataclasses.replace(loss, gathered_loss=project.gathered_loss)
+            config.stash[_LOSS_KEY] = loss
+        if _metrics_off(config):
+            config.stash[_METRICS_KEY] = NO_METRICS
+        elif named_metrics:
+            config.stash[_METRICS_KEY] = load_metrics_target(_metrics_spec(config))
+    except HarnessUsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _apply_profile(config: pytest.Config, project: RobustnessConfig) -> None:
+    """``profile`` from ``[tool.robustness]`` unless ``--hypothesis-profile`` names one."""
+    if project.profile and not config.getoption("hypothesis_profile", default=None):
+        from hypothesis import settings
+
+        settings.load_profile(project.profile)
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Register the ``rule`` marker and fail fast on a target that cannot be used."""
+    """Register the ``rule`` marker, read the project configuration, check the targets."""
+    project = _read_project_config(config)
     config.addinivalue_line(
         "markers", "rule(rule_id): the contract rule (e.g. C-MASK-1) a test checks"
     )
@@ -168,15 +251,11 @@ def pytest_configure(config: pytest.Config) -> None:
             f"{DEVICE_ENV}={device!r} is not one of {', '.join(DEVICE_CHOICES)}"
         )
     # Only an explicitly named target is imported up front (so that installing this plugin
-    # costs other projects nothing); a bad one is a usage error, not a wall of failures.
-    try:
-        if config.getoption("--robustness-target") or os.environ.get(LOSS_TARGET_ENV):
-            config.stash[_LOSS_KEY] = load_loss_target(_loss_spec(config))
-        if config.getoption("--robustness-metrics") or os.environ.get(METRICS_TARGET_ENV):
-            config.stash[_METRICS_KEY] = load_metrics_target(_metrics_spec(config))
-    except HarnessUsageError as exc:
-        raise pytest.UsageError(str(exc)) from None
+    # costs other projects nothing).
+    _load_configured_targets(config, project)
+    _apply_profile(config, project)
     _configure_baseline(config)
+    _configure_run(config)
 
 
 def _configure_baseline(config: pytest.Config) -> None:
@@ -201,12 +280,16 @@ def _configure_baseline(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Take the baseline path back off ``sys.path``."""
-    path = config.stash.get(_PATH_KEY, None)
-    if path is not None and path in sys.path:
-        sys.path.remove(path)
+    """Take the baseline path and the rootdir back off ``sys.path``."""
+    for key in (_PATH_KEY, _ROOT_KEY):
+        path = config.stash.get(key, None)
+        if path is not None and path in sys.path:
+            sys.path.remove(path)
 
 
+_CONFIG_KEY = pytest.StashKey[RobustnessConfig]()
+_ROOT_KEY = pytest.StashKey[str]()
+_RUN_KEY = pytest.StashKey[str]()
 _LOSS_KEY = pytest.StashKey[LossTarget]()
 _METRICS_KEY = pytest.StashKey[MetricsTarget]()
 _LOSS_BASELINE_KEY = pytest.StashKey[LossTarget]()
@@ -216,11 +299,76 @@ _PATH_KEY = pytest.StashKey[str]()
 
 
 def _loss_spec(config: pytest.Config) -> str | None:
-    return _option(config, "--robustness-target", LOSS_TARGET_ENV)
+    return _option(config, "--robustness-target", LOSS_TARGET_ENV, "target")
 
 
 def _metrics_spec(config: pytest.Config) -> str | None:
-    return _option(config, "--robustness-metrics", METRICS_TARGET_ENV)
+    return _option(config, "--robustness-metrics", METRICS_TARGET_ENV, "metrics")
+
+
+def _metrics_off(config: pytest.Config) -> bool:
+    return metrics_disabled(_metrics_spec(config))
+
+
+def _repro_dir(config: pytest.Config) -> Path:
+    return Path(
+        _option(config, "--robustness-repro-dir", REPRO_DIR_ENV, "repro_dir") or DEFAULT_REPRO_DIR
+    )
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+class _XdistRunId:
+    """Hands the controller's run id to every xdist worker (registered only with xdist)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[_RUN_ID_INPUT] = self.run_id
+
+
+def _configure_run(config: pytest.Config) -> None:
+    """Give this run an id (shared with xdist workers): its repro files' folder name."""
+    if _is_worker(config):
+        run_id = getattr(config, "workerinput", {}).get(_RUN_ID_INPUT)
+        run_id = run_id or f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    else:
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        if config.pluginmanager.hasplugin("xdist"):
+            config.pluginmanager.register(_XdistRunId(run_id), "robustness-run-id")
+        config.pluginmanager.register(_RunFolder(config), "robustness-run-folder")
+    config.stash[_RUN_KEY] = run_id
+
+
+def run_directory(config: pytest.Config) -> Path:
+    """The folder this run's repro files go to: ``<repro dir>/<run id>``."""
+    return _repro_dir(config) / config.stash[_RUN_KEY]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    """Name what the contract checks: target, metrics, profile and known file."""
+    project = config.stash.get(_CONFIG_KEY, RobustnessConfig())
+    wanted = (
+        project.present
+        or _loss_spec(config)
+        or _metrics_spec(config)
+        or any("robustness" in str(arg) for arg in config.args)
+    )
+    if not wanted:
+        return None
+    from hypothesis import settings
+
+    known = project.known if project.known is not None else "none (gate option --known)"
+    source = f" (from {project.path})" if project.path else ""
+    return [
+        f"robustness: target {_loss_spec(config) or DEFAULT_LOSS_TARGET}, "
+        f"metrics {_metrics_spec(config) or DEFAULT_METRICS_TARGET}{source}",
+        f"robustness: hypothesis profile {settings.get_current_profile_name()!r}, "
+        f"known file {known}, repro files under {_repro_dir(config)}",
+    ]
 
 
 def _device_choice(config: pytest.Config) -> str:
@@ -285,12 +433,26 @@ def _rule_of(item: pytest.Item) -> str | None:
     return str(marker.args[0]) if marker and marker.args else None
 
 
+def _rule_set(text: str | None) -> set[str]:
+    return {r.strip() for r in (text or "").split(",") if r.strip()}
+
+
+def _uses_metrics(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return "metrics_target" in names or "metrics_baseline" in names
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep only the selected rules; record each contract test's rule id and term."""
-    wanted = config.getoption("--robustness-rules")
+    wanted = _rule_set(_option(config, "--robustness-rules", None, "rules"))
     if wanted:
-        rules = {r.strip() for r in wanted.split(",") if r.strip()}
-        _deselect(config, items, lambda item: not _rule_selected(_rule_of(item), rules))
+        _deselect(config, items, lambda item: not _rule_selected(_rule_of(item), wanted))
+    skipped = _rule_set(_option(config, "--robustness-skip-rules", None, "skip_rules"))
+    if skipped:
+        _deselect(config, items, lambda item: _rule_selected(_rule_of(item), skipped))
+    if _metrics_off(config):
+        # A loss-only project: metric rules are deselected, neither failed nor skipped.
+        _deselect(config, items, lambda item: _rule_of(item) is not None and _uses_metrics(item))
     selection = config.stash.get(_SELECTION_KEY, RegressSelection())
     _deselect(config, items, lambda item: not _regress_wanted(config, item, selection))
     for item in items:
@@ -349,6 +511,61 @@ def _violations(exc: BaseException) -> Iterator[ContractViolation]:
             yield from _violations(inner)
 
 
+class _RunFolder:
+    """Points ``<repro dir>/last`` at this run's folder and prunes old runs (controller only).
+
+    Registered per session; with xdist the controller sees the workers' reports, so it knows
+    whether contract tests ran at all (a run of someone's own tests leaves no pointer).
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.ran_contract = False
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if any(name == "rule" for name, _ in report.user_properties):
+            self.ran_contract = True
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.ran_contract:
+            return
+        directory = _repro_dir(self.config)
+        run_id = self.config.stash[_RUN_KEY]
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / LAST_RUN_FILE).write_text(run_id + "\n", encoding="utf-8")
+            runs = sorted(
+                (p for p in directory.iterdir() if p.is_dir() and _RUN_ID_RE.match(p.name)),
+                key=lambda p: p.name,
+            )
+            for old in runs[:-KEEP_RUNS]:
+                if old.name != run_id:
+                    shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass  # a read-only checkout still gets its verdict; replay takes explicit paths
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Show why contract tests were skipped when ``-rs`` does not already."""
+    if "s" in getattr(terminalreporter, "reportchars", "") or "a" in getattr(
+        terminalreporter, "reportchars", ""
+    ):
+        return
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        props = dict(getattr(report, "user_properties", []))
+        if "rule" not in props:
+            continue
+        longrepr = report.longrepr
+        reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+        key = f"{props['rule']}: {reason.removeprefix('Skipped: ')}"
+        reasons[key] = reasons.get(key, 0) + 1
+    if reasons:
+        terminalreporter.section("robustness: skipped contract tests", sep="-")
+        for reason, count in sorted(reasons.items()):
+            terminalreporter.write_line(f"{count} × {reason}")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -373,16 +590,17 @@ def write_repro(config: pytest.Config, violation: ContractViolation) -> Path:
     import torch
 
     assert violation.replay is not None
-    directory = Path(
-        config.getoption("--robustness-repro-dir")
-        or os.environ.get(REPRO_DIR_ENV)
-        or DEFAULT_REPRO_DIR
-    )
+    directory = run_directory(config)
     directory.mkdir(parents=True, exist_ok=True)
     # Record the specs as configured, without importing the other target: a metrics-only
     # run must not fail because the default loss target cannot be imported.
     loss_spec = _loss_spec(config) or DEFAULT_LOSS_TARGET
     metrics_spec = _metrics_spec(config) or DEFAULT_METRICS_TARGET
+    baseline = {
+        "loss_baseline": _option(config, "--robustness-baseline", BASELINE_ENV),
+        "metrics_baseline": _option(config, "--robustness-baseline-metrics", BASELINE_METRICS_ENV),
+        "baseline_path": _option(config, "--robustness-baseline-path", BASELINE_PATH_ENV),
+    }
     payload = {
         "format": REPRO_FORMAT,
         "rule": violation.rule,
@@ -393,6 +611,8 @@ def write_repro(config: pytest.Config, violation: ContractViolation) -> Path:
         "args": violation.replay.args,
         "loss_target": loss_spec,
         "metrics_target": metrics_spec,
+        "rootdir": str(config.rootpath),
+        **{key: value for key, value in baseline.items() if value},
     }
     digest = hashlib.sha1(str(violation).encode()).hexdigest()[:10]
     safe_term = "".join(c if c.isalnum() or c in "-_" else "_" for c in violation.term)

@@ -16,6 +16,10 @@ from hypothesis import HealthCheck, Phase, settings
 
 __all__ = ["PROFILES", "register_profiles"]
 
+# print_blob=False: a contract failure ends with the repro file's `python -m robustness replay`
+# command (robustness.plugin); Hypothesis's @reproduce_failure hint cannot be applied to an
+# installed test module.
+
 #: Health checks that misfire on tensor-building strategies (large draws, slow first calls
 #: into torch); they say nothing about the code under test.
 _SUPPRESSED = (HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example)
@@ -28,7 +32,7 @@ PROFILES: dict[str, settings] = {
         database=None,
         suppress_health_check=_SUPPRESSED,
         phases=(Phase.explicit, Phase.generate, Phase.shrink),
-        print_blob=True,
+        print_blob=False,
     ),
     "ci": settings(
         max_examples=60,
@@ -37,14 +41,14 @@ PROFILES: dict[str, settings] = {
         database=None,
         suppress_health_check=_SUPPRESSED,
         phases=(Phase.explicit, Phase.generate, Phase.shrink),
-        print_blob=True,
+        print_blob=False,
     ),
     "thorough": settings(
         max_examples=1000,
         deadline=None,
         derandomize=False,
         suppress_health_check=_SUPPRESSED,
-        print_blob=True,
+        print_blob=False,
     ),
 }
 

@@ -17,17 +17,19 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from robustness.errors import InvalidTargetError
+from robustness.errors import HarnessUsageError, InvalidTargetError
 
 __all__ = [
     "DEFAULT_GATHERED_LOSS",
     "DEFAULT_LOSS_TARGET",
     "DEFAULT_METRICS_TARGET",
     "GATHERED_LOSS_ENV",
+    "LOSS_KWARGS",
     "LOSS_METHODS",
     "LOSS_TARGET_ENV",
     "METRICS_ATTRIBUTES",
     "METRICS_TARGET_ENV",
+    "NO_METRICS",
     "LossTarget",
     "MetricsTarget",
     "find_gathered_loss",
@@ -59,6 +61,23 @@ METRICS_ATTRIBUTES = (
     "StreamingCountMetrics",
 )
 _STREAMING_METHODS = ("update", "compute", "merge", "reset")
+#: The keyword arguments the contract constructs a loss with (``MultiTaskLoss``'s).
+LOSS_KWARGS = (
+    "penalty",
+    "nuc_penalty",
+    "class_weights",
+    "target_penalty",
+    "count_penalty",
+    "target_loss_type",
+)
+#: How the contract calls each method (after ``self``): positional names, then keywords.
+_METHOD_CALLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "compute_target_loss": (("target_prediction", "target", "is_classifier"), ()),
+    "compute_count_loss": (("count_prediction", "counts", "mask"), ()),
+    "compute_base_loss": (("base_prediction", "base_target", "encoder_type"), ()),
+    "compute_nucleotide_loss": (("nuc_predictions", "nucleotides", "nuc_mask"), ()),
+    "forward": (("outputs", "targets"), ("is_classifier", "encoder_type")),
+}
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,8 @@ class LossTarget:
     spec: str
     loss_cls: type[Any]
     pairwise_distances: Callable[[Any], Any]
+    #: ``module:function`` of the gathered loss from the project configuration, if any.
+    gathered_loss: str | None = None
 
     def make(self, **kwargs: Any) -> Any:
         """Construct the loss with ``MultiTaskLoss``'s keyword arguments."""
@@ -82,22 +103,106 @@ class LossTarget:
 
 @dataclass(frozen=True)
 class MetricsTarget:
-    """A metrics module under test; attributes are looked up on :attr:`module`."""
+    """A metrics module under test; attributes are looked up on :attr:`module`.
+
+    ``module`` is ``None`` for ``--metrics none`` (a loss-only project): the metric rules
+    are then deselected, and any attribute access is a usage error.
+    """
 
     spec: str
-    module: ModuleType
+    module: ModuleType | None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is a metrics module to check (not ``--metrics none``)."""
+        return self.module is not None
 
     def __getattr__(self, name: str) -> Any:
+        if self.module is None:
+            raise HarnessUsageError(
+                f"no metrics target (--metrics none): {name!r} is not available"
+            )
         return getattr(self.module, name)
+
+
+#: The metrics target of a loss-only project (``--metrics none``, ``metrics = false``).
+NO_METRICS = MetricsTarget(spec="none", module=None)
 
 
 def _import(module_name: str, what: str) -> ModuleType:
     try:
         return importlib.import_module(module_name)
+    except HarnessUsageError:
+        raise  # the module itself explains what is missing (e.g. an optional extra)
+    except ModuleNotFoundError as exc:
+        hint = ""
+        if exc.name and module_name.split(".")[0] == exc.name.split(".")[0]:
+            hint = (
+                f" (searched sys.path from {os.getcwd()}: install the package with "
+                "'pip install -e .', or run 'python -m pytest' / 'python -m robustness' "
+                "from the directory that holds it)"
+            )
+        raise InvalidTargetError(
+            f"{what} {module_name!r} cannot be imported: ModuleNotFoundError: {exc}{hint}"
+        ) from exc
     except Exception as exc:  # any import-time failure is the user's target, not us
         raise InvalidTargetError(
             f"{what} {module_name!r} cannot be imported: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _signature(obj: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):  # builtins and C extensions: nothing to check
+        return None
+
+
+def _check_constructor(spec: str, loss_cls: type[Any]) -> None:
+    """``loss_cls(**kwargs)`` must take every one of :data:`LOSS_KWARGS` and need nothing else."""
+    sig = _signature(loss_cls)
+    if sig is None:
+        return
+    params = list(sig.parameters.values())
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    by_name = {
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    missing = [] if takes_any else [k for k in LOSS_KWARGS if k not in by_name]
+    required = [
+        p.name
+        for p in params
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if missing or required:
+        problems = []
+        if missing:
+            problems.append(f"does not take {', '.join(missing)}")
+        if required:
+            problems.append(f"requires {', '.join(required)}")
+        raise InvalidTargetError(
+            f"loss target {spec!r}: constructor {loss_cls.__name__}{sig} "
+            f"{' and '.join(problems)}; expected keyword arguments with defaults: "
+            f"{', '.join(LOSS_KWARGS)} (wrap it with robustness.adapters.adapt_loss)"
+        )
+
+
+def _check_method(spec: str, loss_cls: type[Any], name: str) -> None:
+    """``loss_cls.name`` must accept the call the contract makes (see ``_METHOD_CALLS``)."""
+    sig = _signature(getattr(loss_cls, name))
+    if sig is None:
+        return
+    positional, keywords = _METHOD_CALLS[name]
+    try:
+        sig.bind(None, *positional, **dict.fromkeys(keywords))
+    except TypeError as exc:
+        call = ", ".join(["self", *positional, *(f"{k}=..." for k in keywords)])
+        raise InvalidTargetError(
+            f"loss target {spec!r}: {name}{sig} cannot be called as {name}({call}): {exc}"
+        ) from None
 
 
 def load_loss_target(spec: str | None = None) -> LossTarget:
@@ -125,6 +230,9 @@ def load_loss_target(spec: str | None = None) -> LossTarget:
         raise InvalidTargetError(
             f"loss target {spec!r} lacks required method(s) {', '.join(missing)}"
         )
+    _check_constructor(spec, loss_cls)
+    for name in LOSS_METHODS:
+        _check_method(spec, loss_cls, name)
     pairwise = getattr(module, "compute_pairwise_distances", None)
     if not callable(pairwise):
         raise InvalidTargetError(
@@ -134,13 +242,21 @@ def load_loss_target(spec: str | None = None) -> LossTarget:
     return LossTarget(spec=spec, loss_cls=loss_cls, pairwise_distances=pairwise)
 
 
-def load_metrics_target(spec: str | None = None) -> MetricsTarget:
+def load_metrics_target(spec: str | None = None, *, allow_none: bool = False) -> MetricsTarget:
     """Load a metrics target module (default: $ROBUSTNESS_METRICS, then aam).
+
+    Args:
+        spec: a module path; with ``allow_none``, ``"none"`` gives :data:`NO_METRICS`.
+        allow_none: accept ``"none"`` (a loss-only run) instead of treating it as a module.
 
     Raises:
         InvalidTargetError: with one line saying what is wrong and what was expected.
     """
     spec = spec or os.environ.get(METRICS_TARGET_ENV) or DEFAULT_METRICS_TARGET
+    if spec.strip().lower() == NO_METRICS.spec:
+        if allow_none:
+            return NO_METRICS
+        raise InvalidTargetError("no metrics target (--metrics none) where one is required")
     if ":" in spec:
         raise InvalidTargetError(
             f"metrics target {spec!r} must be a module path, e.g. {DEFAULT_METRICS_TARGET!r}"
@@ -166,7 +282,8 @@ def load_metrics_target(spec: str | None = None) -> MetricsTarget:
 def find_gathered_loss(loss: LossTarget) -> tuple[str | None, str]:
     """The gathered UniFrac loss to check with ``loss`` (C-DDP-2), an optional part of a target.
 
-    Looked up in order: ``$ROBUSTNESS_GATHERED_LOSS`` (``module:function``); a
+    Looked up in order: ``$ROBUSTNESS_GATHERED_LOSS`` (``module:function``), then the
+    project configuration's ``gathered_loss`` (:attr:`LossTarget.gathered_loss`); a
     ``gathered_base_loss`` function beside the loss class; aam's own when ``loss`` is the
     default aam target. A target that provides none is not an error: C-DDP-2 is skipped.
 
@@ -176,17 +293,18 @@ def find_gathered_loss(loss: LossTarget) -> tuple[str | None, str]:
     Raises:
         InvalidTargetError: if ``$ROBUSTNESS_GATHERED_LOSS`` names nothing callable.
     """
-    named = os.environ.get(GATHERED_LOSS_ENV)
+    from_env = os.environ.get(GATHERED_LOSS_ENV)
+    named = from_env or loss.gathered_loss
     if named:
+        source = f"${GATHERED_LOSS_ENV}" if from_env else "gathered_loss in [tool.robustness]"
         module_name, sep, attr = named.partition(":")
         if not sep or not module_name or not attr or "." in attr:
             raise InvalidTargetError(
-                f"{GATHERED_LOSS_ENV}={named!r} must be 'module:function', e.g. "
-                f"{DEFAULT_GATHERED_LOSS!r}"
+                f"{source} = {named!r} must be 'module:function', e.g. {DEFAULT_GATHERED_LOSS!r}"
             )
         if not callable(getattr(_import(module_name, "gathered loss module"), attr, None)):
-            raise InvalidTargetError(f"{GATHERED_LOSS_ENV}={named!r} is not a callable")
-        return named, f"${GATHERED_LOSS_ENV}"
+            raise InvalidTargetError(f"{source} = {named!r} is not a callable")
+        return named, source
     module_name = loss.spec.partition(":")[0]
     beside = getattr(importlib.import_module(module_name), "gathered_base_loss", None)
     if callable(beside):
