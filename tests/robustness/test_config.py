@@ -46,7 +46,7 @@ def test_every_key_is_read_and_paths_resolve_against_the_rootdir(tmp_path):
     assert config.metrics == METRICS_NONE
     assert metrics_disabled(config.metrics)
     assert config.gathered_loss == "mypkg.distributed:gathered_base_loss"
-    assert config.profile == "ci"
+    assert config.profile == "thorough"
     assert config.rules == ("C-MASK", "C-STREAM-3")
     assert config.skip_rules == ("C-DDP",)
     assert config.known == tmp_path / "robustness-known.json"
