@@ -420,6 +420,89 @@ def _huber(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# Masked cross-entropy (the nucleotide term): one forward pass, one backward pass
+# --------------------------------------------------------------------------------------------
+
+
+class _MaskedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy over the valid rows of ``[M, V]`` logits, with a fused backward.
+
+    Forward, in the compute dtype: ``safe = nan_to_num(x)`` (NaN/±inf -> 0, so garbage at
+    padded rows stays finite), ``m = max(safe)``, ``e = exp(safe - m)``, ``s = sum(e)`` and
+    ``nll = (m - x[id]) + log(s)``: both parts are >= 0, so nothing cancels and the error
+    scales with the logits' spread, not their size (equal logits of any magnitude give
+    ``log V``). ``m - x[id]`` is taken halved (``m/2 - x[id]/2`` is exact and cannot
+    overflow) and each row is weighted by ``w = valid * 2 * pre`` (see :func:`_pow2_scales`),
+    so a representable mean never overflows. Valid rows that held NaN/±inf were sanitised
+    too: the caller's non-finite check (``screen``, the raw row sums) raises before the value
+    is returned.
+
+    Backward writes ``(e / s - onehot) * coef`` with ``coef = grad * pre * post * valid`` in
+    one multiply and one scatter: exactly 0 at padded rows (``e`` is finite there and
+    ``coef`` is 0). ``e`` is saved from the forward and overwritten by the first backward;
+    a second backward (``retain_graph=True``) recomputes it from the logits. Under
+    ``create_graph=True`` the gradient is recomputed with differentiable ops instead, so
+    double backward works.
+
+    Returns ``(loss, screen)``: the 0-dim loss and the ``[M]`` raw row sums (not
+    differentiable; NaN/±inf wherever a row holds NaN/±inf).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: Tensor, ids: Tensor, valid: Tensor, pre: Tensor, post: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        vocab = logits.shape[-1]
+        x = logits.reshape(-1, vocab).to(pre.dtype)
+        ones = torch.ones(vocab, dtype=x.dtype, device=x.device)
+        # A NaN/±inf logit makes its row's sum non-finite: one matrix-vector pass, instead of
+        # isfinite over every logit, screens the whole tensor for the non-finite check.
+        screen = torch.mv(x, ones)
+        if x.data_ptr() == logits.data_ptr():  # x is the caller's tensor: copy
+            safe = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        else:  # x is already a copy (a dtype conversion or a non-contiguous reshape)
+            safe = x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        picked = safe.gather(1, ids.unsqueeze(1)).squeeze(1)
+        top = safe.amax(dim=1)
+        exp = safe.sub_(top.unsqueeze(1)).exp_()  # in place: safe is ours
+        total = torch.mv(exp, ones)  # >= 1: the row's maximum contributes exp(0)
+        half_gap = torch.add(top * 0.5, picked, alpha=-0.5)  # (m - x[id]) / 2 >= 0, finite
+        nll_half = torch.add(half_gap, total.log(), alpha=0.5)
+        weight = torch.where(valid, pre * 2.0, 0.0)
+        loss = torch.dot(nll_half, weight) * post
+        ctx.mark_non_differentiable(screen)
+        ctx.save_for_backward(logits, ids, valid, weight, total, top, post)
+        ctx.exp = exp
+        return loss, screen
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_loss: Tensor, grad_screen: Tensor | None
+    ) -> tuple[Tensor | None, None, None, None, None]:
+        logits, ids, valid, weight, total, top, post = ctx.saved_tensors
+        vocab = logits.shape[-1]
+        coef = weight * (grad_loss * (0.5 * post)).to(weight.dtype)  # pre * post * valid * g
+        if torch.is_grad_enabled():
+            # create_graph=True: the same gradient from differentiable ops (double backward).
+            x = logits.reshape(-1, vocab).to(weight.dtype)
+            safe = torch.where(valid.unsqueeze(1), x, 0.0)
+            probs = torch.softmax(safe, dim=1)
+            onehot = torch.zeros_like(probs).scatter_(1, ids.unsqueeze(1), 1.0)
+            grad = (probs - onehot) * coef.unsqueeze(1)
+            return grad.reshape(logits.shape).to(logits.dtype), None, None, None, None
+        exp: Tensor | None = ctx.exp
+        ctx.exp = None
+        if exp is None:
+            # A second backward through a retained graph: e was consumed by the first one.
+            x = logits.reshape(-1, vocab).to(weight.dtype)
+            exp = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            exp.sub_(top.unsqueeze(1)).exp_()
+        grad = exp.mul_((coef / total).unsqueeze(1))
+        grad.scatter_add_(1, ids.unsqueeze(1), coef.neg().unsqueeze(1))
+        return grad.reshape(logits.shape).to(logits.dtype), None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
 # Pairwise distances
 # --------------------------------------------------------------------------------------------
 
@@ -716,7 +799,11 @@ class MultiTaskLoss(nn.Module):
             mask: ``[B, A, L]`` bool/int/float; a position is valid where ``mask != 0``.
 
         Returns:
-            0-dim tensor (log-softmax in float32 or wider); exactly 0 with no valid position.
+            0-dim tensor (computed in float32 or wider); exactly 0 with no valid position.
+            Shift-invariant: equal logits of any finite magnitude give ``log V``. The
+            gradient is ``(softmax - onehot) / n`` at valid positions and exactly 0 at padded
+            ones, written by one fused backward pass (:class:`_MaskedCrossEntropy`); double
+            backward (``create_graph=True``) works too.
 
         Raises:
             ValueError: on a shape mismatch (both shapes named), non-integer ids, or ids
@@ -750,31 +837,24 @@ class MultiTaskLoss(nn.Module):
             term, [("nuc_predictions", logits), ("nucleotides", ids), ("nuc_mask", mask)]
         )
         vocab = logits.shape[-1]
-        valid = mask != 0
+        valid = (mask if mask.dtype == torch.bool else mask != 0).reshape(-1)
         dtype = _compute_dtype(logits)
-        # Double where: sanitise logits and ids at padded positions *before* logsumexp and
-        # gather, so garbage there yields neither NaN values nor NaN gradients.
-        safe_logits = torch.where(valid.unsqueeze(-1), logits.to(dtype), 0.0)
-        with torch.no_grad():
-            # A NaN/±inf logit makes its position's sum non-finite: one pass over the logits
-            # instead of three (isfinite, and, sum) for the non-finite check.
-            screen = safe_logits.sum(dim=-1)
+        pre, post = _pow2_scales_of(valid.sum().to(dtype), squared=False)
+        # Clamped for gather/scatter only: ids at padded positions may hold anything, and
+        # inside forward the id range check below is queued until after this call.
+        safe_ids = ids.reshape(-1).long().clamp(0, vocab - 1)
+        loss: Tensor
+        screen: Tensor
+        loss, screen = _MaskedCrossEntropy.apply(  # type: ignore[no-untyped-call]
+            logits, safe_ids, valid, pre, post
+        )
         _check_values(
             term,
-            [("nuc_predictions", logits, valid.unsqueeze(-1))],
-            [("nucleotides", ids, valid, vocab)],
+            [("nuc_predictions", logits, valid.reshape(ids.shape).unsqueeze(-1))],
+            [("nucleotides", ids, valid.reshape(ids.shape), vocab)],
             screens={"nuc_predictions": (screen, valid)},
         )
-        # Clamped too: inside forward the id range check is queued until after this gather.
-        safe_ids = torch.where(valid, ids.long(), 0).clamp_(0, vocab - 1)
-        # nll = logsumexp(x) - x[id], each side pre-scaled before the subtraction: one
-        # position's nll can exceed finfo.max (logits near +-max) while the mean does not.
-        # logsumexp + gather also skips materialising the [B, A, L, V] log-probabilities.
-        pre, post = _pow2_scales_of(valid.sum().to(dtype), squared=False)
-        lse = torch.logsumexp(safe_logits, dim=-1)
-        picked = safe_logits.gather(-1, safe_ids.unsqueeze(-1)).squeeze(-1)
-        nll = lse * pre - picked * pre
-        return torch.where(valid, nll, 0.0).sum() * post
+        return loss
 
     # ---------------------------------------------------------------------------- forward
 
