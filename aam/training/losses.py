@@ -239,6 +239,7 @@ def _check_values(
     finite: Sequence[_FiniteCheck],
     ids: Sequence[_IdCheck] = (),
     screens: Mapping[str, tuple[Tensor, Tensor | None]] | None = None,
+    clamped: Mapping[str, Tensor] | None = None,
 ) -> None:
     """Raise on non-finite values or out-of-range ids at valid positions; one host sync.
 
@@ -250,6 +251,10 @@ def _check_values(
     dimension: NaN and ±inf propagate into a sum). The normal path then reads only the
     screen; a flagged screen is confirmed on the full tensor, so a finite sum that merely
     overflowed raises nothing.
+
+    ``clamped`` maps a key of ``ids`` to that tensor already clamped to ``[0, upper)`` (as
+    the caller needs it for indexing anyway): an id is then out of range where the two
+    differ, one comparison instead of two.
 
     Raises:
         NonFiniteOutputError: naming the first tensor with a non-finite valid entry.
@@ -264,14 +269,18 @@ def _check_values(
             if screens and key in screens:
                 tensor, valid = screens[key]
             bad = ~torch.isfinite(tensor)
-            finite_bad.append(bad if valid is None else bad & valid)
-            counts.append(finite_bad[-1].sum())
-        for _, tensor, valid, upper in ids:
-            # A Python bound beyond the dtype's range would wrap (uint8 >= 300 is ">= 44").
-            too_big = tensor >= upper if upper <= torch.iinfo(tensor.dtype).max else None
-            bad = tensor < 0 if too_big is None else (tensor < 0) | too_big
-            ids_bad.append(bad if valid is None else bad & valid)
-            counts.append(ids_bad[-1].sum())
+            finite_bad.append(bad if valid is None else bad.logical_and_(valid))
+            # count_nonzero: a bool sum would first copy the mask to int64.
+            counts.append(torch.count_nonzero(finite_bad[-1]))
+        for key, tensor, valid, upper in ids:
+            if clamped and key in clamped:
+                bad = clamped[key] != tensor
+            else:
+                # A Python bound beyond the dtype's range would wrap (uint8 >= 300 is ">= 44").
+                too_big = tensor >= upper if upper <= torch.iinfo(tensor.dtype).max else None
+                bad = tensor < 0 if too_big is None else (tensor < 0) | too_big
+            ids_bad.append(bad if valid is None else bad.logical_and_(valid))
+            counts.append(torch.count_nonzero(ids_bad[-1]))
     if not counts:
         return
     pending = _PendingCheck(
@@ -444,8 +453,9 @@ class _MaskedCrossEntropy(torch.autograd.Function):
     ``create_graph=True`` the gradient is recomputed with differentiable ops instead, so
     double backward works.
 
-    Returns ``(loss, screen)``: the 0-dim loss and the ``[M]`` raw row sums (not
-    differentiable; NaN/±inf wherever a row holds NaN/±inf).
+    Returns ``(loss, screen)``: the 0-dim loss and a 0-dim screen for the non-finite check
+    (not differentiable): the pre-scaled sum of the valid rows' raw sums, NaN/±inf whenever
+    a valid row holds NaN/±inf.
     """
 
     @staticmethod
@@ -455,16 +465,21 @@ class _MaskedCrossEntropy(torch.autograd.Function):
         vocab = logits.shape[-1]
         x = logits.reshape(-1, vocab).to(pre.dtype)
         ones = torch.ones(vocab, dtype=x.dtype, device=x.device)
-        # A NaN/±inf logit makes its row's sum non-finite: one matrix-vector pass, instead of
-        # isfinite over every logit, screens the whole tensor for the non-finite check.
-        screen = torch.mv(x, ones)
+        # A NaN/±inf logit makes its row's sum, and the sum of the valid rows' sums,
+        # non-finite: one matrix-vector pass instead of isfinite over every logit. The rows
+        # are pre-scaled like the mean, so finite logits overflow this sum only within a
+        # factor V of finfo.max (a flag the caller then confirms on the logits).
+        screen = torch.where(valid, torch.mv(x, ones * pre), 0.0).sum()
         if x.data_ptr() == logits.data_ptr():  # x is the caller's tensor: copy
             safe = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         else:  # x is already a copy (a dtype conversion or a non-contiguous reshape)
             safe = x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         picked = safe.gather(1, ids.unsqueeze(1)).squeeze(1)
         top = safe.amax(dim=1)
-        exp = safe.sub_(top.unsqueeze(1)).exp_()  # in place: safe is ours
+        # safe - top, in place (safe is ours), as a rank-1 update: a broadcast subtract
+        # over rows of V elements is slower than the BLAS kernel, and the result is the same
+        # correctly rounded difference.
+        exp = safe.addmm_(top.unsqueeze(1), ones.neg().unsqueeze(0)).exp_()
         total = torch.mv(exp, ones)  # >= 1: the row's maximum contributes exp(0)
         half_gap = torch.add(top * 0.5, picked, alpha=-0.5)  # (m - x[id]) / 2 >= 0, finite
         nll_half = torch.add(half_gap, total.log(), alpha=0.5)
@@ -510,11 +525,17 @@ class _MaskedCrossEntropy(torch.autograd.Function):
 def compute_pairwise_distances(embeddings: Tensor) -> Tensor:
     """Euclidean distances between every pair of sample embeddings.
 
-    Uses direct differences (no ``|a|² + |b|² - 2ab`` cancellation), scaled by the largest
-    component so neither squares of huge values overflow nor squares of tiny ones underflow.
-    ``sqrt`` is guarded with a double :func:`torch.where`: identical rows give distance exactly
-    0 with gradient 0, rows 1e-6 apart give ~1e-6 with a non-zero gradient. NaN/inf rows give
-    non-finite distances (never a silent 0).
+    All pairs come from the Gram form ``|u_i|² + |u_j|² - 2 u_i·u_j`` of the centred,
+    scaled rows ``u`` (one matrix product, not ``B²·D`` differences). Where that form can
+    lose digits to cancellation (``d² < (|u_i|² + |u_j|²) / 2``: rows close together
+    against their distance from the batch's centre) the distance is recomputed exactly
+    from direct differences, scaled by the pair's largest component so neither squares of
+    huge values overflow nor squares of tiny ones underflow, with ``sqrt`` guarded by a
+    double :func:`torch.where`: identical rows give distance exactly 0 with gradient 0,
+    rows 1e-6 apart give ~1e-6 with a non-zero gradient. NaN/inf rows give non-finite
+    distances (never a silent 0). On the cpu only the flagged pairs are recomputed (picked
+    with :func:`torch.nonzero`, which costs no device sync there); on other devices, where
+    it would, every pair is computed directly.
 
     Args:
         embeddings: ``[B, D]`` floating tensor, ``D >= 1``.
@@ -535,8 +556,57 @@ def compute_pairwise_distances(embeddings: Tensor) -> Tensor:
             f"{term}: embeddings must be [B, D] with D >= 1, got shape {_shape(embeddings)}"
         )
     emb = embeddings.to(_compute_dtype(embeddings))
-    diff = emb.unsqueeze(1) - emb.unsqueeze(0)  # [B, B, D]
-    scale = diff.abs().amax(dim=-1)  # [B, B]
+    size = emb.shape[0]
+    diagonal = torch.eye(size, dtype=torch.bool, device=emb.device)
+    upper = torch.triu(~diagonal)
+    if emb.device.type != "cpu":
+        rows, cols = _upper_pairs(size, emb.device)
+        direct = _direct_distances(emb[rows], emb[cols])
+        return _symmetric(size, rows, cols, direct, emb)
+    gram, flagged = _gram_distances(emb, diagonal)
+    rows, cols = (flagged & upper).nonzero(as_tuple=True)
+    direct = _direct_distances(emb[rows], emb[cols])
+    out = gram.index_put((rows, cols), direct).index_put((cols, rows), direct)
+    return torch.where(diagonal, torch.zeros_like(out), out)
+
+
+def _upper_pairs(size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    pairs = torch.triu_indices(size, size, offset=1, device=device)
+    return pairs[0], pairs[1]
+
+
+def _symmetric(size: int, rows: Tensor, cols: Tensor, values: Tensor, like: Tensor) -> Tensor:
+    out = torch.zeros((size, size), dtype=values.dtype, device=like.device)
+    return out.index_put((rows, cols), values).index_put((cols, rows), values)
+
+
+def _gram_distances(emb: Tensor, diagonal: Tensor) -> tuple[Tensor, Tensor]:
+    """Distances of every pair by the Gram form, and the pairs whose value is not trusted.
+
+    Rows are centred on the batch mean and scaled by the largest centred component, both on
+    halves (``x/2 - m/2`` cannot overflow), so the squares stay finite and normal. A pair is
+    flagged where ``d² <= (|u_i|² + |u_j|²) / 2``; elsewhere the rounding of the three terms
+    (each about ``eps·sqrt(D)·|u|²``) is amplified at most twofold in ``d²``.
+    """
+    with torch.no_grad():
+        centre = emb.mean(dim=0, keepdim=True) * 0.5
+        scale = (emb * 0.5 - centre).abs().amax()
+        usable = (scale > 0) & torch.isfinite(scale)
+        safe_scale = torch.where(usable, scale, torch.ones_like(scale))
+    u = (emb * 0.5 - centre) / safe_scale
+    norms = (u * u).sum(dim=1)
+    pair_norms = norms.unsqueeze(1) + norms.unsqueeze(0)
+    squared = pair_norms - 2.0 * (u @ u.T)
+    # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
+    flagged = (squared <= pair_norms * 0.5) | diagonal
+    safe = torch.where(flagged, torch.ones_like(squared), squared)
+    return torch.where(flagged, 0.0, torch.sqrt(safe) * (2.0 * safe_scale)), flagged
+
+
+def _direct_distances(left: Tensor, right: Tensor) -> Tensor:
+    """``|left_k - right_k|`` per row, from direct differences, scaled and sqrt-guarded."""
+    diff = left - right  # [K, D]
+    scale = diff.abs().amax(dim=-1)  # [K]
     # "!= 0" rather than "> 0" so a NaN scale propagates instead of becoming distance 0.
     nonzero = scale != 0
     safe_scale = torch.where(nonzero, scale, torch.ones_like(scale))
@@ -837,22 +907,23 @@ class MultiTaskLoss(nn.Module):
             term, [("nuc_predictions", logits), ("nucleotides", ids), ("nuc_mask", mask)]
         )
         vocab = logits.shape[-1]
-        valid = (mask if mask.dtype == torch.bool else mask != 0).reshape(-1)
+        valid = mask if mask.dtype == torch.bool else mask != 0
         dtype = _compute_dtype(logits)
-        pre, post = _pow2_scales_of(valid.sum().to(dtype), squared=False)
-        # Clamped for gather/scatter only: ids at padded positions may hold anything, and
-        # inside forward the id range check below is queued until after this call.
-        safe_ids = ids.reshape(-1).long().clamp(0, vocab - 1)
+        pre, post = _pow2_scales_of(torch.count_nonzero(valid).to(dtype), squared=False)
+        # Clamped for gather/scatter (ids at padded positions may hold anything; inside
+        # forward the range check is queued until after the gather) and for that check.
+        safe_ids = ids.long().clamp(0, vocab - 1)
         loss: Tensor
         screen: Tensor
         loss, screen = _MaskedCrossEntropy.apply(  # type: ignore[no-untyped-call]
-            logits, safe_ids, valid, pre, post
+            logits, safe_ids.reshape(-1), valid.reshape(-1), pre, post
         )
         _check_values(
             term,
-            [("nuc_predictions", logits, valid.reshape(ids.shape).unsqueeze(-1))],
-            [("nucleotides", ids, valid.reshape(ids.shape), vocab)],
-            screens={"nuc_predictions": (screen, valid)},
+            [("nuc_predictions", logits, valid.unsqueeze(-1))],
+            [("nucleotides", ids, valid, vocab)],
+            screens={"nuc_predictions": (screen, None)},
+            clamped={"nucleotides": safe_ids},
         )
         return loss
 

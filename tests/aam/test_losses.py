@@ -729,6 +729,27 @@ def test_near_duplicate_rows_in_float32(contract_device):
     assert distance == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
+def test_near_duplicates_in_a_wide_batch_are_exact_where_the_gram_form_cancels(
+    contract_device, dtype
+):
+    # 30 random rows plus pairs 1e-6 and 1e-3 apart far from the centre: the Gram form alone
+    # gets those pairs wrong (float32: d = 0 or ~1e-3 for 1e-6); they must be recomputed.
+    gen = torch.Generator().manual_seed(40)
+    emb = torch.randn(34, 16, generator=gen, dtype=F64)
+    emb[30:] = 50.0 + torch.randn(16, generator=gen, dtype=F64)
+    emb[31, 3] += 1e-6
+    emb[33, 5] += 1e-3
+    emb = emb.to(dtype).to(contract_device).requires_grad_(True)
+    distances = compute_pairwise_distances(emb)
+    expected = oracle_distances(emb)
+    tol = tolerance(dtype, n=16)
+    torch.testing.assert_close(distances.detach().cpu().to(F64), expected, rtol=tol.rtol, atol=0.0)
+    distances[30, 31].backward()
+    assert torch.isfinite(emb.grad).all()
+    assert emb.grad[31].abs().max() > 0.5  # a unit direction, not a clamp
+
+
 def test_pairwise_distances_of_huge_embeddings_stay_finite(contract_device):
     emb = torch.tensor([[1e19, 1e19], [-1e19, -1e19]], device=contract_device)
     distances = compute_pairwise_distances(emb)
