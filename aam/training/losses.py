@@ -557,6 +557,8 @@ def compute_pairwise_distances(embeddings: Tensor) -> Tensor:
         )
     emb = embeddings.to(_compute_dtype(embeddings))
     size = emb.shape[0]
+    if size == 0:
+        return emb.new_zeros((0, 0)) + emb.sum() * 0.0  # still a function of the input
     diagonal = torch.eye(size, dtype=torch.bool, device=emb.device)
     upper = torch.triu(~diagonal)
     if emb.device.type != "cpu":
