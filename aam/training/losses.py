@@ -217,21 +217,39 @@ def _valid_count(tensor: Tensor, valid: Tensor | None) -> int:
 
 @dataclass(frozen=True)
 class _PendingCheck:
-    """One term's finite/id checks: the bad-entry masks and their counts, not yet read."""
+    """One term's finite/id checks: a float64 flag per check, not yet read.
+
+    A finite check's flag is 0 when every valid entry is finite and NaN otherwise; an id
+    check's flag counts the valid ids out of range. Only the error path computes which
+    entries are bad.
+    """
 
     term: str
     finite: Sequence[_FiniteCheck]
     ids: Sequence[_IdCheck]
-    finite_bad: list[Tensor]
     ids_bad: list[Tensor]
-    counts: list[Tensor]
-    screened: frozenset[str]
+    flags: list[Tensor]
 
 
-# Set by MultiTaskLoss.forward: while it holds a list, _check_values queues its counts there
-# and forward reads every term's counts back in a single host sync (one fused reduction per
+# Set by MultiTaskLoss.forward: while it holds a list, _check_values queues its flags there
+# and forward reads every term's flags back in a single host sync (one fused reduction per
 # call). A ContextVar, so concurrent forwards in threads don't share the queue.
 _DEFERRED: ContextVar[list[_PendingCheck] | None] = ContextVar("_DEFERRED", default=None)
+# Set by MultiTaskLoss.forward around _total: the terms whose head is absent (their exact 0
+# is left out of the total instead of costing a multiply and an add each).
+_ABSENT_TERMS: ContextVar[frozenset[str]] = ContextVar("_ABSENT_TERMS", default=frozenset())
+
+
+def _finite_flag(tensor: Tensor, valid: Tensor | None) -> Tensor:
+    """0 when every valid entry of ``tensor`` is finite, else NaN: ``sum(x * 0)``.
+
+    ``x * 0`` is 0 for every finite ``x`` and NaN for NaN and ±inf, so the sum never
+    overflows and needs no comparison, no mask of bad entries and no count (three ops
+    instead of eight on the small terms).
+    """
+    if valid is not None:
+        tensor = torch.where(valid, tensor, 0.0)
+    return (tensor * 0.0).sum(dtype=torch.float64)
 
 
 def _check_values(
@@ -261,17 +279,13 @@ def _check_values(
         ValueError: naming the first id tensor with an entry outside ``[0, upper)``.
     """
     finite = [c for c in finite if c[1].is_floating_point()]
-    counts: list[Tensor] = []
-    finite_bad: list[Tensor] = []
+    flags: list[Tensor] = []
     ids_bad: list[Tensor] = []
     with torch.no_grad():
         for key, tensor, valid in finite:
             if screens and key in screens:
                 tensor, valid = screens[key]
-            bad = ~torch.isfinite(tensor)
-            finite_bad.append(bad if valid is None else bad.logical_and_(valid))
-            # count_nonzero: a bool sum would first copy the mask to int64.
-            counts.append(torch.count_nonzero(finite_bad[-1]))
+            flags.append(_finite_flag(tensor, valid))
         for key, tensor, valid, upper in ids:
             if clamped and key in clamped:
                 bad = clamped[key] != tensor
@@ -280,12 +294,10 @@ def _check_values(
                 too_big = tensor >= upper if upper <= torch.iinfo(tensor.dtype).max else None
                 bad = tensor < 0 if too_big is None else (tensor < 0) | too_big
             ids_bad.append(bad if valid is None else bad.logical_and_(valid))
-            counts.append(torch.count_nonzero(ids_bad[-1]))
-    if not counts:
+            flags.append(ids_bad[-1].sum(dtype=torch.float64))
+    if not flags:
         return
-    pending = _PendingCheck(
-        term, finite, ids, finite_bad, ids_bad, counts, frozenset(screens or ())
-    )
+    pending = _PendingCheck(term, finite, ids, ids_bad, flags)
     queue = _DEFERRED.get()
     if queue is not None:
         queue.append(pending)
@@ -294,28 +306,30 @@ def _check_values(
 
 
 def _raise_pending(pending: Sequence[_PendingCheck]) -> None:
-    """Read every queued count back in one host sync; raise for the first bad entry."""
-    if not pending:
+    """Read every queued flag back in one host sync; raise for the first bad entry."""
+    flags = [f for p in pending for f in p.flags]
+    if not flags:
         return
     with torch.no_grad():
-        # The one host sync: every count of every queued term read back together.
-        host = torch.stack([c.to(torch.int64) for p in pending for c in p.counts]).tolist()
-    if not any(host):
+        # The one host sync: every flag of every queued term read back together.
+        host = (flags[0] if len(flags) == 1 else torch.stack(flags)).reshape(-1).tolist()
+    if not any(value != 0 for value in host):  # NaN != 0 too
         return
     offset = 0
     for check in pending:
-        found = host[offset : offset + len(check.counts)]
-        offset += len(check.counts)
+        found = host[offset : offset + len(check.flags)]
+        offset += len(check.flags)
         _raise_first(check, found)
 
 
-def _raise_first(check: _PendingCheck, found: Sequence[int]) -> None:
+def _raise_first(check: _PendingCheck, found: Sequence[float]) -> None:
     term, finite, ids = check.term, check.finite, check.ids
-    for (key, tensor, valid), bad, count in zip(
-        finite, check.finite_bad, found[: len(finite)], strict=True
-    ):
-        if count and key in check.screened:
-            # Error path only: confirm the screen's flag on the full tensor.
+    for (key, tensor, valid), flag in zip(finite, found[: len(finite)], strict=True):
+        if flag == 0:
+            continue
+        # Error path only: find the bad entries on the full tensor (a flagged screen may
+        # also be a finite sum that overflowed: then nothing is bad).
+        with torch.no_grad():
             bad = ~torch.isfinite(tensor)
             bad = bad if valid is None else bad & valid
             count = int(bad.sum())
@@ -324,18 +338,18 @@ def _raise_first(check: _PendingCheck, found: Sequence[int]) -> None:
             raise NonFiniteOutputError(
                 term,
                 key,
-                count=int(count),
+                count=count,
                 valid=_valid_count(tensor, valid),
                 index=index,
                 value=value,
             )
-    for (key, tensor, valid, upper), bad, count in zip(
+    for (key, tensor, valid, upper), bad, out_of_range in zip(
         ids, check.ids_bad, found[len(finite) :], strict=True
     ):
-        if count:
+        if out_of_range:
             index, value = _first_bad(bad, tensor)
             raise ValueError(
-                f"{term}: {key} has {int(count)} id(s) outside [0, {upper}) at valid "
+                f"{term}: {key} has {int(out_of_range)} id(s) outside [0, {upper}) at valid "
                 f"positions (of {_valid_count(tensor, valid)} valid); first at {index} = "
                 f"{int(value)}. Ids must index the last dimension of the prediction"
             )
@@ -366,7 +380,7 @@ def _count_inputs(
             f"{_shape(pred)}; expected mask [B, A] = {_shape(pred)[:-1]}"
         )
     _require_same_device(term, [("count_prediction", pred), ("counts", true), ("mask", mask)])
-    valid = (mask != 0).unsqueeze(-1)
+    valid = (mask if mask.dtype == torch.bool else mask != 0).unsqueeze(-1)
     _check_values(term, [("count_prediction", pred, valid), ("counts", true, valid)])
     return pred, true, valid
 
@@ -398,6 +412,18 @@ def _pow2_scales_of(count: Tensor, *, squared: bool) -> tuple[Tensor, Tensor]:
     k = (exponent + 1) // 2 if squared else exponent
     power = 2 * k if squared else k
     return torch.ldexp(torch.ones_like(count), -k), torch.ldexp(1.0 / count, power)
+
+
+def _pow2_scales_bounded(bound: int, count: Tensor, *, squared: bool) -> tuple[float, Tensor]:
+    """:func:`_pow2_scales` for ``count <= bound`` terms, ``count`` a 0-dim tensor (no sync).
+
+    ``pre`` comes from the host-side ``bound`` (a smaller ``pre`` only keeps the partial sums
+    further below the mean), ``post = 2**p / count``: one rounding, as ``sum / count`` has.
+    Two tensor ops instead of the eight of :func:`_pow2_scales_of`.
+    """
+    pre, _ = _pow2_scales(bound, squared=squared)
+    power = 1.0 / (pre * pre if squared else pre)
+    return pre, power / count.clamp(min=1.0)
 
 
 _Scale = Tensor | float
@@ -791,7 +817,8 @@ class MultiTaskLoss(nn.Module):
         dtype = _compute_dtype(pred, true)
         p = torch.where(valid, pred.to(dtype), 0.0)
         t = torch.where(valid, true.to(dtype), 0.0)
-        return _mse(p, t, *_pow2_scales_of(valid.sum().to(dtype), squared=True))
+        count = torch.count_nonzero(valid).to(dtype)
+        return _mse(p, t, *_pow2_scales_bounded(valid.numel(), count, squared=True))
 
     # ---------------------------------------------------------------------------- base
 
@@ -988,7 +1015,12 @@ class MultiTaskLoss(nn.Module):
             _DEFERRED.reset(token)
         # One host sync for every term's non-finite and id checks, before anything returns.
         _raise_pending(pending or [])
-        losses["total_loss"] = self._total(losses)
+        absent = frozenset(term for term, here in present.items() if not here)
+        absent_token = _ABSENT_TERMS.set(absent)
+        try:
+            losses["total_loss"] = self._total(losses)
+        finally:
+            _ABSENT_TERMS.reset(absent_token)
         return losses
 
     def _terms(
@@ -1035,8 +1067,10 @@ class MultiTaskLoss(nn.Module):
         ``0 * term`` would turn a term that overflowed to inf into NaN (and its gradient into
         NaN too), so a zero-penalty term goes through ``torch.where`` instead: the value is
         exactly 0 and the gradient it passes back is exactly 0, yet ``total.backward()``
-        still reaches the head (C-EMPTY-1).
+        still reaches the head (C-EMPTY-1). An absent head's exact 0 is left out of the
+        sum (it adds nothing, and each term costs an op and a node in the graph).
         """
+        absent = _ABSENT_TERMS.get()
         total: Tensor | None = None
         off: Tensor | None = None
         for term, weight in (
@@ -1045,6 +1079,8 @@ class MultiTaskLoss(nn.Module):
             ("base_loss", self.penalty),
             ("nuc_loss", self.nuc_penalty),
         ):
+            if term in absent:
+                continue
             value = losses[term]
             if weight != 0.0:
                 part = weight * value
@@ -1053,7 +1089,8 @@ class MultiTaskLoss(nn.Module):
                     off = torch.zeros((), dtype=torch.bool, device=value.device)
                 part = torch.where(off, value, 0.0)
             total = part if total is None else total + part
-        assert total is not None
+        if total is None:  # no head at all: the exact 0 of an absent head
+            return losses["target_loss"].clone()
         return total
 
     @staticmethod
