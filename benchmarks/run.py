@@ -31,11 +31,12 @@ from benchmarks._gate import bench_gate
 from benchmarks._loss import DEFAULT_SIZES, QUICK_SIZES, LossSizes, bench_loss
 from benchmarks._metrics import METRIC_FAMILIES, bench_streaming, torchmetrics_available
 from benchmarks._scaling import bench_scaling, matplotlib_available, plot_scaling
+from benchmarks._targets import TARGET_LIMITS, bench_targets
 
 __all__ = ["SECTIONS", "build_parser", "main", "run"]
 
 #: Sections run by default; ``--gate`` adds ``gate``.
-SECTIONS = ("loss", "metrics", "scaling")
+SECTIONS = ("loss", "targets", "metrics", "scaling")
 _RESULTS = Path(__file__).with_name("results")
 
 #: The issue-5 targets the report checks against.
@@ -243,6 +244,11 @@ def run(settings: dict[str, Any]) -> dict[str, Any]:
     sections = settings["sections"]
     if "loss" in sections:
         results["loss"] = bench_loss(sizes, **timing)
+    if "targets" in sections:
+        # Issue 13's targets at 1 and 2 threads (restores the thread count afterwards).
+        results["issue13_targets"] = bench_targets(
+            sizes, repeats=settings["repeats"], warmup=settings["warmup"], device=device
+        )
     if "metrics" in sections:
         results["metrics"] = {
             family: bench_streaming(
@@ -298,6 +304,34 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def render_targets(targets: dict[str, Any]) -> list[str]:
+    """Issue 13's targets: the compute floor, then each target's ratio, limit and verdict."""
+    lines = ["Compute floor of nuc_loss (ms): one exp / one clone pass over the logits"]
+    rows = []
+    for threads, measured in targets["by_threads"].items():
+        sec, r = measured["seconds"]["nuc_loss"], measured["ratios"]
+        rows.append([
+            f"{threads} thread(s)", _ms(sec["exp"]), _ms(sec["clone"]), _ms(sec["aam"]),
+            _ms(sec["baseline_select"]), _ratio(r["nuc_vs_exp_floor"]),
+            _ratio(r["nuc_vs_clone_floor"]), _ratio(r["nuc_vs_select"]),
+        ])  # fmt: skip
+    lines.append(format_table(
+        ["threads", "exp", "clone", "aam nuc", "select CE", "aam/exp", "aam/clone", "aam/select"],
+        rows,
+    ))  # fmt: skip
+    lines += ["", "Issue 13 targets (ratios of in-process medians; gate timings: --gate)"]
+    rows = []
+    for name, (what, limit) in TARGET_LIMITS.items():
+        for threads, measured in targets["by_threads"].items():
+            ok = measured["met"][name]
+            rows.append([
+                what, threads, _ratio(measured["ratios"][name]), f"<= {limit}x",
+                "met" if ok else "NOT met",
+            ])  # fmt: skip
+    lines.append(format_table(["target", "threads", "measured", "limit", "verdict"], rows))
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     """The human-readable report of :func:`run`'s results."""
     machine, settings = results["machine"], results["settings"]
@@ -336,6 +370,8 @@ def render(results: dict[str, Any]) -> str:
             f"(values agree with the baseline to a relative {worst:.1e}; target: total "
             f"<= {TARGETS['loss_fwd_bwd_max_ratio']}x the faster baseline)"
         )
+    if "issue13_targets" in results:
+        out += ["", *render_targets(results["issue13_targets"])]
     if "metrics" in results:
         out += ["", "Streaming metrics, elements/s (update over ragged batches + compute)"]
         rows = []

@@ -17,6 +17,7 @@ from benchmarks._gate import _families, bench_gate, rule_family
 from benchmarks._loss import TERMS
 from benchmarks._metrics import METRIC_FAMILIES
 from benchmarks._scaling import growth_exponent
+from benchmarks._targets import TARGET_LIMITS
 from benchmarks._timing import compare
 
 
@@ -31,6 +32,7 @@ def quick_results(tmp_path_factory):
 def test_quick_run_writes_every_section_with_date_machine_and_settings(quick_results):
     _, data = quick_results
     assert {"date", "machine", "settings", "targets", "loss", "metrics", "scaling"} <= set(data)
+    assert "issue13_targets" in data
     assert {"platform", "cpu_count", "torch", "torch_threads"} <= set(data["machine"])
     assert data["machine"]["torch_threads"] == data["settings"]["threads"] == 1
     assert data["settings"]["repeats"] == 1
@@ -53,6 +55,21 @@ def test_loss_baselines_compute_the_same_values_as_aam(quick_results):
     _, data = quick_results
     # float32 sums over ~1e3 entries: a few ulps of relative difference, not a different loss.
     assert max(data["loss"]["rel_diff"].values()) < 1e-5
+
+
+def test_targets_section_reports_every_issue13_target_at_one_and_two_threads(quick_results):
+    _, data = quick_results
+    targets = data["issue13_targets"]
+    assert set(targets["by_threads"]) == {"1", "2"}
+    assert set(targets["limits"]) == set(TARGET_LIMITS)
+    for measured in targets["by_threads"].values():
+        assert set(measured["ratios"]) >= set(TARGET_LIMITS)
+        assert set(measured["met"]) == set(TARGET_LIMITS)
+        # The compute floor is timed beside aam's nucleotide term, in the same rounds.
+        assert {"aam", "baseline_select", "exp", "clone"} <= set(measured["seconds"]["nuc_loss"])
+        for name, ratio in measured["ratios"].items():
+            assert math.isfinite(ratio), name
+            assert ratio > 0, name
 
 
 def test_metrics_section_reports_rates_and_ratios_per_family(quick_results):

@@ -217,21 +217,39 @@ def _valid_count(tensor: Tensor, valid: Tensor | None) -> int:
 
 @dataclass(frozen=True)
 class _PendingCheck:
-    """One term's finite/id checks: the bad-entry masks and their counts, not yet read."""
+    """One term's finite/id checks: a float64 flag per check, not yet read.
+
+    A finite check's flag is 0 when every valid entry is finite and NaN otherwise; an id
+    check's flag counts the valid ids out of range. Only the error path computes which
+    entries are bad.
+    """
 
     term: str
     finite: Sequence[_FiniteCheck]
     ids: Sequence[_IdCheck]
-    finite_bad: list[Tensor]
     ids_bad: list[Tensor]
-    counts: list[Tensor]
-    screened: frozenset[str]
+    flags: list[Tensor]
 
 
-# Set by MultiTaskLoss.forward: while it holds a list, _check_values queues its counts there
-# and forward reads every term's counts back in a single host sync (one fused reduction per
+# Set by MultiTaskLoss.forward: while it holds a list, _check_values queues its flags there
+# and forward reads every term's flags back in a single host sync (one fused reduction per
 # call). A ContextVar, so concurrent forwards in threads don't share the queue.
 _DEFERRED: ContextVar[list[_PendingCheck] | None] = ContextVar("_DEFERRED", default=None)
+# Set by MultiTaskLoss.forward around _total: the terms whose head is absent (their exact 0
+# is left out of the total instead of costing a multiply and an add each).
+_ABSENT_TERMS: ContextVar[frozenset[str]] = ContextVar("_ABSENT_TERMS", default=frozenset())
+
+
+def _finite_flag(tensor: Tensor, valid: Tensor | None) -> Tensor:
+    """0 when every valid entry of ``tensor`` is finite, else NaN: ``sum(x * 0)``.
+
+    ``x * 0`` is 0 for every finite ``x`` and NaN for NaN and ±inf, so the sum never
+    overflows and needs no comparison, no mask of bad entries and no count (three ops
+    instead of eight on the small terms).
+    """
+    if valid is not None:
+        tensor = torch.where(valid, tensor, 0.0)
+    return (tensor * 0.0).sum(dtype=torch.float64)
 
 
 def _check_values(
@@ -239,6 +257,7 @@ def _check_values(
     finite: Sequence[_FiniteCheck],
     ids: Sequence[_IdCheck] = (),
     screens: Mapping[str, tuple[Tensor, Tensor | None]] | None = None,
+    clamped: Mapping[str, Tensor] | None = None,
 ) -> None:
     """Raise on non-finite values or out-of-range ids at valid positions; one host sync.
 
@@ -251,32 +270,34 @@ def _check_values(
     screen; a flagged screen is confirmed on the full tensor, so a finite sum that merely
     overflowed raises nothing.
 
+    ``clamped`` maps a key of ``ids`` to that tensor already clamped to ``[0, upper)`` (as
+    the caller needs it for indexing anyway): an id is then out of range where the two
+    differ, one comparison instead of two.
+
     Raises:
         NonFiniteOutputError: naming the first tensor with a non-finite valid entry.
         ValueError: naming the first id tensor with an entry outside ``[0, upper)``.
     """
     finite = [c for c in finite if c[1].is_floating_point()]
-    counts: list[Tensor] = []
-    finite_bad: list[Tensor] = []
+    flags: list[Tensor] = []
     ids_bad: list[Tensor] = []
     with torch.no_grad():
         for key, tensor, valid in finite:
             if screens and key in screens:
                 tensor, valid = screens[key]
-            bad = ~torch.isfinite(tensor)
-            finite_bad.append(bad if valid is None else bad & valid)
-            counts.append(finite_bad[-1].sum())
-        for _, tensor, valid, upper in ids:
-            # A Python bound beyond the dtype's range would wrap (uint8 >= 300 is ">= 44").
-            too_big = tensor >= upper if upper <= torch.iinfo(tensor.dtype).max else None
-            bad = tensor < 0 if too_big is None else (tensor < 0) | too_big
-            ids_bad.append(bad if valid is None else bad & valid)
-            counts.append(ids_bad[-1].sum())
-    if not counts:
+            flags.append(_finite_flag(tensor, valid))
+        for key, tensor, valid, upper in ids:
+            if clamped and key in clamped:
+                bad = clamped[key] != tensor
+            else:
+                # A Python bound beyond the dtype's range would wrap (uint8 >= 300 is ">= 44").
+                too_big = tensor >= upper if upper <= torch.iinfo(tensor.dtype).max else None
+                bad = tensor < 0 if too_big is None else (tensor < 0) | too_big
+            ids_bad.append(bad if valid is None else bad.logical_and_(valid))
+            flags.append(ids_bad[-1].sum(dtype=torch.float64))
+    if not flags:
         return
-    pending = _PendingCheck(
-        term, finite, ids, finite_bad, ids_bad, counts, frozenset(screens or ())
-    )
+    pending = _PendingCheck(term, finite, ids, ids_bad, flags)
     queue = _DEFERRED.get()
     if queue is not None:
         queue.append(pending)
@@ -285,28 +306,30 @@ def _check_values(
 
 
 def _raise_pending(pending: Sequence[_PendingCheck]) -> None:
-    """Read every queued count back in one host sync; raise for the first bad entry."""
-    if not pending:
+    """Read every queued flag back in one host sync; raise for the first bad entry."""
+    flags = [f for p in pending for f in p.flags]
+    if not flags:
         return
     with torch.no_grad():
-        # The one host sync: every count of every queued term read back together.
-        host = torch.stack([c.to(torch.int64) for p in pending for c in p.counts]).tolist()
-    if not any(host):
+        # The one host sync: every flag of every queued term read back together.
+        host = (flags[0] if len(flags) == 1 else torch.stack(flags)).reshape(-1).tolist()
+    if not any(value != 0 for value in host):  # NaN != 0 too
         return
     offset = 0
     for check in pending:
-        found = host[offset : offset + len(check.counts)]
-        offset += len(check.counts)
+        found = host[offset : offset + len(check.flags)]
+        offset += len(check.flags)
         _raise_first(check, found)
 
 
-def _raise_first(check: _PendingCheck, found: Sequence[int]) -> None:
+def _raise_first(check: _PendingCheck, found: Sequence[float]) -> None:
     term, finite, ids = check.term, check.finite, check.ids
-    for (key, tensor, valid), bad, count in zip(
-        finite, check.finite_bad, found[: len(finite)], strict=True
-    ):
-        if count and key in check.screened:
-            # Error path only: confirm the screen's flag on the full tensor.
+    for (key, tensor, valid), flag in zip(finite, found[: len(finite)], strict=True):
+        if flag == 0:
+            continue
+        # Error path only: find the bad entries on the full tensor (a flagged screen may
+        # also be a finite sum that overflowed: then nothing is bad).
+        with torch.no_grad():
             bad = ~torch.isfinite(tensor)
             bad = bad if valid is None else bad & valid
             count = int(bad.sum())
@@ -315,18 +338,18 @@ def _raise_first(check: _PendingCheck, found: Sequence[int]) -> None:
             raise NonFiniteOutputError(
                 term,
                 key,
-                count=int(count),
+                count=count,
                 valid=_valid_count(tensor, valid),
                 index=index,
                 value=value,
             )
-    for (key, tensor, valid, upper), bad, count in zip(
+    for (key, tensor, valid, upper), bad, out_of_range in zip(
         ids, check.ids_bad, found[len(finite) :], strict=True
     ):
-        if count:
+        if out_of_range:
             index, value = _first_bad(bad, tensor)
             raise ValueError(
-                f"{term}: {key} has {int(count)} id(s) outside [0, {upper}) at valid "
+                f"{term}: {key} has {int(out_of_range)} id(s) outside [0, {upper}) at valid "
                 f"positions (of {_valid_count(tensor, valid)} valid); first at {index} = "
                 f"{int(value)}. Ids must index the last dimension of the prediction"
             )
@@ -357,7 +380,7 @@ def _count_inputs(
             f"{_shape(pred)}; expected mask [B, A] = {_shape(pred)[:-1]}"
         )
     _require_same_device(term, [("count_prediction", pred), ("counts", true), ("mask", mask)])
-    valid = (mask != 0).unsqueeze(-1)
+    valid = (mask if mask.dtype == torch.bool else mask != 0).unsqueeze(-1)
     _check_values(term, [("count_prediction", pred, valid), ("counts", true, valid)])
     return pred, true, valid
 
@@ -391,6 +414,18 @@ def _pow2_scales_of(count: Tensor, *, squared: bool) -> tuple[Tensor, Tensor]:
     return torch.ldexp(torch.ones_like(count), -k), torch.ldexp(1.0 / count, power)
 
 
+def _pow2_scales_bounded(bound: int, count: Tensor, *, squared: bool) -> tuple[float, Tensor]:
+    """:func:`_pow2_scales` for ``count <= bound`` terms, ``count`` a 0-dim tensor (no sync).
+
+    ``pre`` comes from the host-side ``bound`` (a smaller ``pre`` only keeps the partial sums
+    further below the mean), ``post = 2**p / count``: one rounding, as ``sum / count`` has.
+    Two tensor ops instead of the eight of :func:`_pow2_scales_of`.
+    """
+    pre, _ = _pow2_scales(bound, squared=squared)
+    power = 1.0 / (pre * pre if squared else pre)
+    return pre, power / count.clamp(min=1.0)
+
+
 _Scale = Tensor | float
 
 
@@ -420,6 +455,95 @@ def _huber(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# Masked cross-entropy (the nucleotide term): one forward pass, one backward pass
+# --------------------------------------------------------------------------------------------
+
+
+class _MaskedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy over the valid rows of ``[M, V]`` logits, with a fused backward.
+
+    Forward, in the compute dtype: ``safe = nan_to_num(x)`` (NaN/±inf -> 0, so garbage at
+    padded rows stays finite), ``m = max(safe)``, ``e = exp(safe - m)``, ``s = sum(e)`` and
+    ``nll = (m - x[id]) + log(s)``: both parts are >= 0, so nothing cancels and the error
+    scales with the logits' spread, not their size (equal logits of any magnitude give
+    ``log V``). ``m - x[id]`` is taken halved (``m/2 - x[id]/2`` is exact and cannot
+    overflow) and each row is weighted by ``w = valid * 2 * pre`` (see :func:`_pow2_scales`),
+    so a representable mean never overflows. Valid rows that held NaN/±inf were sanitised
+    too: the caller's non-finite check (``screen``, the raw row sums) raises before the value
+    is returned.
+
+    Backward writes ``(e / s - onehot) * coef`` with ``coef = grad * pre * post * valid`` in
+    one multiply and one scatter: exactly 0 at padded rows (``e`` is finite there and
+    ``coef`` is 0). ``e`` is saved from the forward and overwritten by the first backward;
+    a second backward (``retain_graph=True``) recomputes it from the logits. Under
+    ``create_graph=True`` the gradient is recomputed with differentiable ops instead, so
+    double backward works.
+
+    Returns ``(loss, screen)``: the 0-dim loss and a 0-dim screen for the non-finite check
+    (not differentiable): the pre-scaled sum of the valid rows' raw sums, NaN/±inf whenever
+    a valid row holds NaN/±inf.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: Tensor, ids: Tensor, valid: Tensor, pre: Tensor, post: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        vocab = logits.shape[-1]
+        x = logits.reshape(-1, vocab).to(pre.dtype)
+        ones = torch.ones(vocab, dtype=x.dtype, device=x.device)
+        # A NaN/±inf logit makes its row's sum, and the sum of the valid rows' sums,
+        # non-finite: one matrix-vector pass instead of isfinite over every logit. The rows
+        # are pre-scaled like the mean, so finite logits overflow this sum only within a
+        # factor V of finfo.max (a flag the caller then confirms on the logits).
+        screen = torch.where(valid, torch.mv(x, ones * pre), 0.0).sum()
+        if x.data_ptr() == logits.data_ptr():  # x is the caller's tensor: copy
+            safe = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        else:  # x is already a copy (a dtype conversion or a non-contiguous reshape)
+            safe = x.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        picked = safe.gather(1, ids.unsqueeze(1)).squeeze(1)
+        top = safe.amax(dim=1)
+        # safe - top, in place (safe is ours), as a rank-1 update: a broadcast subtract
+        # over rows of V elements is slower than the BLAS kernel, and the result is the same
+        # correctly rounded difference.
+        exp = safe.addmm_(top.unsqueeze(1), ones.neg().unsqueeze(0)).exp_()
+        total = torch.mv(exp, ones)  # >= 1: the row's maximum contributes exp(0)
+        half_gap = torch.add(top * 0.5, picked, alpha=-0.5)  # (m - x[id]) / 2 >= 0, finite
+        nll_half = torch.add(half_gap, total.log(), alpha=0.5)
+        weight = torch.where(valid, pre * 2.0, 0.0)
+        loss = torch.dot(nll_half, weight) * post
+        ctx.mark_non_differentiable(screen)
+        ctx.save_for_backward(logits, ids, valid, weight, total, top, post)
+        ctx.exp = exp
+        return loss, screen
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_loss: Tensor, grad_screen: Tensor | None
+    ) -> tuple[Tensor | None, None, None, None, None]:
+        logits, ids, valid, weight, total, top, post = ctx.saved_tensors
+        vocab = logits.shape[-1]
+        coef = weight * (grad_loss * (0.5 * post)).to(weight.dtype)  # pre * post * valid * g
+        if torch.is_grad_enabled():
+            # create_graph=True: the same gradient from differentiable ops (double backward).
+            x = logits.reshape(-1, vocab).to(weight.dtype)
+            safe = torch.where(valid.unsqueeze(1), x, 0.0)
+            probs = torch.softmax(safe, dim=1)
+            onehot = torch.zeros_like(probs).scatter_(1, ids.unsqueeze(1), 1.0)
+            grad = (probs - onehot) * coef.unsqueeze(1)
+            return grad.reshape(logits.shape).to(logits.dtype), None, None, None, None
+        exp: Tensor | None = ctx.exp
+        ctx.exp = None
+        if exp is None:
+            # A second backward through a retained graph: e was consumed by the first one.
+            x = logits.reshape(-1, vocab).to(weight.dtype)
+            exp = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            exp.sub_(top.unsqueeze(1)).exp_()
+        grad = exp.mul_((coef / total).unsqueeze(1))
+        grad.scatter_add_(1, ids.unsqueeze(1), coef.neg().unsqueeze(1))
+        return grad.reshape(logits.shape).to(logits.dtype), None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
 # Pairwise distances
 # --------------------------------------------------------------------------------------------
 
@@ -427,11 +551,17 @@ def _huber(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
 def compute_pairwise_distances(embeddings: Tensor) -> Tensor:
     """Euclidean distances between every pair of sample embeddings.
 
-    Uses direct differences (no ``|a|² + |b|² - 2ab`` cancellation), scaled by the largest
-    component so neither squares of huge values overflow nor squares of tiny ones underflow.
-    ``sqrt`` is guarded with a double :func:`torch.where`: identical rows give distance exactly
-    0 with gradient 0, rows 1e-6 apart give ~1e-6 with a non-zero gradient. NaN/inf rows give
-    non-finite distances (never a silent 0).
+    All pairs come from the Gram form ``|u_i|² + |u_j|² - 2 u_i·u_j`` of the centred,
+    scaled rows ``u`` (one matrix product, not ``B²·D`` differences). Where that form can
+    lose digits to cancellation (``d² < (|u_i|² + |u_j|²) / 2``: rows close together
+    against their distance from the batch's centre) the distance is recomputed exactly
+    from direct differences, scaled by the pair's largest component so neither squares of
+    huge values overflow nor squares of tiny ones underflow, with ``sqrt`` guarded by a
+    double :func:`torch.where`: identical rows give distance exactly 0 with gradient 0,
+    rows 1e-6 apart give ~1e-6 with a non-zero gradient. NaN/inf rows give non-finite
+    distances (never a silent 0). On the cpu only the flagged pairs are recomputed (picked
+    with :func:`torch.nonzero`, which costs no device sync there); on other devices, where
+    it would, every pair is computed directly.
 
     Args:
         embeddings: ``[B, D]`` floating tensor, ``D >= 1``.
@@ -452,8 +582,59 @@ def compute_pairwise_distances(embeddings: Tensor) -> Tensor:
             f"{term}: embeddings must be [B, D] with D >= 1, got shape {_shape(embeddings)}"
         )
     emb = embeddings.to(_compute_dtype(embeddings))
-    diff = emb.unsqueeze(1) - emb.unsqueeze(0)  # [B, B, D]
-    scale = diff.abs().amax(dim=-1)  # [B, B]
+    size = emb.shape[0]
+    if size == 0:
+        return emb.new_zeros((0, 0)) + emb.sum() * 0.0  # still a function of the input
+    diagonal = torch.eye(size, dtype=torch.bool, device=emb.device)
+    upper = torch.triu(~diagonal)
+    if emb.device.type != "cpu":
+        rows, cols = _upper_pairs(size, emb.device)
+        direct = _direct_distances(emb[rows], emb[cols])
+        return _symmetric(size, rows, cols, direct, emb)
+    gram, flagged = _gram_distances(emb, diagonal)
+    rows, cols = (flagged & upper).nonzero(as_tuple=True)
+    direct = _direct_distances(emb[rows], emb[cols])
+    out = gram.index_put((rows, cols), direct).index_put((cols, rows), direct)
+    return torch.where(diagonal, torch.zeros_like(out), out)
+
+
+def _upper_pairs(size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    pairs = torch.triu_indices(size, size, offset=1, device=device)
+    return pairs[0], pairs[1]
+
+
+def _symmetric(size: int, rows: Tensor, cols: Tensor, values: Tensor, like: Tensor) -> Tensor:
+    out = torch.zeros((size, size), dtype=values.dtype, device=like.device)
+    return out.index_put((rows, cols), values).index_put((cols, rows), values)
+
+
+def _gram_distances(emb: Tensor, diagonal: Tensor) -> tuple[Tensor, Tensor]:
+    """Distances of every pair by the Gram form, and the pairs whose value is not trusted.
+
+    Rows are centred on the batch mean and scaled by the largest centred component, both on
+    halves (``x/2 - m/2`` cannot overflow), so the squares stay finite and normal. A pair is
+    flagged where ``d² <= (|u_i|² + |u_j|²) / 2``; elsewhere the rounding of the three terms
+    (each about ``eps·sqrt(D)·|u|²``) is amplified at most twofold in ``d²``.
+    """
+    with torch.no_grad():
+        centre = emb.mean(dim=0, keepdim=True) * 0.5
+        scale = (emb * 0.5 - centre).abs().amax()
+        usable = (scale > 0) & torch.isfinite(scale)
+        safe_scale = torch.where(usable, scale, torch.ones_like(scale))
+    u = (emb * 0.5 - centre) / safe_scale
+    norms = (u * u).sum(dim=1)
+    pair_norms = norms.unsqueeze(1) + norms.unsqueeze(0)
+    squared = pair_norms - 2.0 * (u @ u.T)
+    # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
+    flagged = (squared <= pair_norms * 0.5) | diagonal
+    safe = torch.where(flagged, torch.ones_like(squared), squared)
+    return torch.where(flagged, 0.0, torch.sqrt(safe) * (2.0 * safe_scale)), flagged
+
+
+def _direct_distances(left: Tensor, right: Tensor) -> Tensor:
+    """``|left_k - right_k|`` per row, from direct differences, scaled and sqrt-guarded."""
+    diff = left - right  # [K, D]
+    scale = diff.abs().amax(dim=-1)  # [K]
     # "!= 0" rather than "> 0" so a NaN scale propagates instead of becoming distance 0.
     nonzero = scale != 0
     safe_scale = torch.where(nonzero, scale, torch.ones_like(scale))
@@ -636,7 +817,8 @@ class MultiTaskLoss(nn.Module):
         dtype = _compute_dtype(pred, true)
         p = torch.where(valid, pred.to(dtype), 0.0)
         t = torch.where(valid, true.to(dtype), 0.0)
-        return _mse(p, t, *_pow2_scales_of(valid.sum().to(dtype), squared=True))
+        count = torch.count_nonzero(valid).to(dtype)
+        return _mse(p, t, *_pow2_scales_bounded(valid.numel(), count, squared=True))
 
     # ---------------------------------------------------------------------------- base
 
@@ -716,7 +898,11 @@ class MultiTaskLoss(nn.Module):
             mask: ``[B, A, L]`` bool/int/float; a position is valid where ``mask != 0``.
 
         Returns:
-            0-dim tensor (log-softmax in float32 or wider); exactly 0 with no valid position.
+            0-dim tensor (computed in float32 or wider); exactly 0 with no valid position.
+            Shift-invariant: equal logits of any finite magnitude give ``log V``. The
+            gradient is ``(softmax - onehot) / n`` at valid positions and exactly 0 at padded
+            ones, written by one fused backward pass (:class:`_MaskedCrossEntropy`); double
+            backward (``create_graph=True``) works too.
 
         Raises:
             ValueError: on a shape mismatch (both shapes named), non-integer ids, or ids
@@ -750,31 +936,25 @@ class MultiTaskLoss(nn.Module):
             term, [("nuc_predictions", logits), ("nucleotides", ids), ("nuc_mask", mask)]
         )
         vocab = logits.shape[-1]
-        valid = mask != 0
+        valid = mask if mask.dtype == torch.bool else mask != 0
         dtype = _compute_dtype(logits)
-        # Double where: sanitise logits and ids at padded positions *before* logsumexp and
-        # gather, so garbage there yields neither NaN values nor NaN gradients.
-        safe_logits = torch.where(valid.unsqueeze(-1), logits.to(dtype), 0.0)
-        with torch.no_grad():
-            # A NaN/±inf logit makes its position's sum non-finite: one pass over the logits
-            # instead of three (isfinite, and, sum) for the non-finite check.
-            screen = safe_logits.sum(dim=-1)
+        pre, post = _pow2_scales_of(torch.count_nonzero(valid).to(dtype), squared=False)
+        # Clamped for gather/scatter (ids at padded positions may hold anything; inside
+        # forward the range check is queued until after the gather) and for that check.
+        safe_ids = ids.long().clamp(0, vocab - 1)
+        loss: Tensor
+        screen: Tensor
+        loss, screen = _MaskedCrossEntropy.apply(  # type: ignore[no-untyped-call]
+            logits, safe_ids.reshape(-1), valid.reshape(-1), pre, post
+        )
         _check_values(
             term,
             [("nuc_predictions", logits, valid.unsqueeze(-1))],
             [("nucleotides", ids, valid, vocab)],
-            screens={"nuc_predictions": (screen, valid)},
+            screens={"nuc_predictions": (screen, None)},
+            clamped={"nucleotides": safe_ids},
         )
-        # Clamped too: inside forward the id range check is queued until after this gather.
-        safe_ids = torch.where(valid, ids.long(), 0).clamp_(0, vocab - 1)
-        # nll = logsumexp(x) - x[id], each side pre-scaled before the subtraction: one
-        # position's nll can exceed finfo.max (logits near +-max) while the mean does not.
-        # logsumexp + gather also skips materialising the [B, A, L, V] log-probabilities.
-        pre, post = _pow2_scales_of(valid.sum().to(dtype), squared=False)
-        lse = torch.logsumexp(safe_logits, dim=-1)
-        picked = safe_logits.gather(-1, safe_ids.unsqueeze(-1)).squeeze(-1)
-        nll = lse * pre - picked * pre
-        return torch.where(valid, nll, 0.0).sum() * post
+        return loss
 
     # ---------------------------------------------------------------------------- forward
 
@@ -835,7 +1015,12 @@ class MultiTaskLoss(nn.Module):
             _DEFERRED.reset(token)
         # One host sync for every term's non-finite and id checks, before anything returns.
         _raise_pending(pending or [])
-        losses["total_loss"] = self._total(losses)
+        absent = frozenset(term for term, here in present.items() if not here)
+        absent_token = _ABSENT_TERMS.set(absent)
+        try:
+            losses["total_loss"] = self._total(losses)
+        finally:
+            _ABSENT_TERMS.reset(absent_token)
         return losses
 
     def _terms(
@@ -882,8 +1067,10 @@ class MultiTaskLoss(nn.Module):
         ``0 * term`` would turn a term that overflowed to inf into NaN (and its gradient into
         NaN too), so a zero-penalty term goes through ``torch.where`` instead: the value is
         exactly 0 and the gradient it passes back is exactly 0, yet ``total.backward()``
-        still reaches the head (C-EMPTY-1).
+        still reaches the head (C-EMPTY-1). An absent head's exact 0 is left out of the
+        sum (it adds nothing, and each term costs an op and a node in the graph).
         """
+        absent = _ABSENT_TERMS.get()
         total: Tensor | None = None
         off: Tensor | None = None
         for term, weight in (
@@ -892,6 +1079,8 @@ class MultiTaskLoss(nn.Module):
             ("base_loss", self.penalty),
             ("nuc_loss", self.nuc_penalty),
         ):
+            if term in absent:
+                continue
             value = losses[term]
             if weight != 0.0:
                 part = weight * value
@@ -900,7 +1089,8 @@ class MultiTaskLoss(nn.Module):
                     off = torch.zeros((), dtype=torch.bool, device=value.device)
                 part = torch.where(off, value, 0.0)
             total = part if total is None else total + part
-        assert total is not None
+        if total is None:  # no head at all: the exact 0 of an absent head
+            return losses["target_loss"].clone()
         return total
 
     @staticmethod

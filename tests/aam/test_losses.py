@@ -729,6 +729,27 @@ def test_near_duplicate_rows_in_float32(contract_device):
     assert distance == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
+def test_near_duplicates_in_a_wide_batch_are_exact_where_the_gram_form_cancels(
+    contract_device, dtype
+):
+    # 30 random rows plus pairs 1e-6 and 1e-3 apart far from the centre: the Gram form alone
+    # gets those pairs wrong (float32: d = 0 or ~1e-3 for 1e-6); they must be recomputed.
+    gen = torch.Generator().manual_seed(40)
+    emb = torch.randn(34, 16, generator=gen, dtype=F64)
+    emb[30:] = 50.0 + torch.randn(16, generator=gen, dtype=F64)
+    emb[31, 3] += 1e-6
+    emb[33, 5] += 1e-3
+    emb = emb.to(dtype).to(contract_device).requires_grad_(True)
+    distances = compute_pairwise_distances(emb)
+    expected = oracle_distances(emb)
+    tol = tolerance(dtype, n=16)
+    torch.testing.assert_close(distances.detach().cpu().to(F64), expected, rtol=tol.rtol, atol=0.0)
+    distances[30, 31].backward()
+    assert torch.isfinite(emb.grad).all()
+    assert emb.grad[31].abs().max() > 0.5  # a unit direction, not a clamp
+
+
 def test_pairwise_distances_of_huge_embeddings_stay_finite(contract_device):
     emb = torch.tensor([[1e19, 1e19], [-1e19, -1e19]], device=contract_device)
     distances = compute_pairwise_distances(emb)
@@ -1212,3 +1233,210 @@ def test_nucleotide_check_screens_by_row_sums_and_confirms_on_the_logits(contrac
         with pytest.raises(NonFiniteOutputError, match=r"nuc_predictions has 1 non-finite") as info:
             call(bad)
         assert "(0, 1, 2, 3)" in str(info.value)
+
+
+# ------------------------------------------------ nucleotide cross-entropy: shift invariance
+# Issue 10, item 6: cross-entropy is shift-invariant, so its error must scale with the spread
+# of the logits, never with their size. ``lse - picked`` on unshifted logits subtracted two huge,
+# nearly equal numbers: [1e7, 1e7] gave 1.0 instead of log 2, finfo.max gave 0 with the
+# gradient (0, 1).
+
+_F32_MAX = torch.finfo(torch.float32).max
+
+
+def _nuc_value_and_grad(
+    logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    leaf = logits.detach().clone().requires_grad_(True)
+    value = MultiTaskLoss().compute_nucleotide_loss(leaf, ids, mask)
+    value.backward()
+    assert leaf.grad is not None
+    return value, leaf.grad
+
+
+@pytest.mark.parametrize(
+    "magnitude", [1.0, 1e4, 1e7, 1e30, _F32_MAX, -1e7, -_F32_MAX], ids=lambda m: f"{m:.3g}"
+)
+def test_equal_logits_of_any_magnitude_give_log_2_and_softmax_minus_onehot(
+    contract_device, magnitude
+):
+    logits = torch.full((1, 1, 1, 2), magnitude, device=contract_device)
+    ids = torch.ones((1, 1, 1), dtype=torch.int64, device=contract_device)
+    mask = torch.ones((1, 1, 1), dtype=torch.bool, device=contract_device)
+    value, grad = _nuc_value_and_grad(logits, ids, mask)
+    assert value.item() == pytest.approx(math.log(2), rel=1e-6)
+    # softmax - onehot = (0.5, 0.5) - (0, 1), divided by the one valid position.
+    expected = torch.tensor([[[[0.5, -0.5]]]], device=contract_device)
+    torch.testing.assert_close(grad, expected, rtol=1e-6, atol=0.0)
+
+
+def test_gradient_is_divided_by_the_valid_count_whatever_the_magnitude(contract_device):
+    # Two valid positions and one padded one holding NaN: each valid gradient is halved.
+    logits = torch.full((1, 1, 3, 2), 1e7, device=contract_device)
+    logits[0, 0, 2] = math.nan
+    ids = torch.tensor([[[1, 0, -100]]], device=contract_device)
+    mask = torch.tensor([[[True, True, False]]], device=contract_device)
+    value, grad = _nuc_value_and_grad(logits, ids, mask)
+    assert value.item() == pytest.approx(math.log(2), rel=1e-6)
+    expected = torch.tensor([[[[0.25, -0.25], [-0.25, 0.25], [0.0, 0.0]]]], device=contract_device)
+    torch.testing.assert_close(grad, expected, rtol=1e-6, atol=0.0)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4, 1e7, -1e7], ids=lambda o: f"offset={o:g}")
+def test_nucleotide_error_scales_with_the_spread_of_the_logits_not_their_size(
+    contract_device, offset
+):
+    # Every logit offset + k * ulp(offset) is exact in float32, so the float64 reference sees
+    # the same spread (0, 1, 3, -2 units) whatever the offset: the loss must not move.
+    unit = max(1.0, 2.0 ** (math.frexp(offset)[1] - 23))  # a power of two >= ulp(offset)
+    spread = torch.tensor([[0.0, 1.0, 3.0, -2.0], [2.0, 2.0, 0.0, 1.0]], dtype=F64) * unit
+    exact = (offset + spread).to(torch.float32)
+    assert torch.equal(exact.to(F64) - offset, spread)  # the spread survived rounding
+    logits = exact.reshape(1, 1, 2, 4).to(contract_device)
+    ids = torch.tensor([[[2, 3]]], device=contract_device)
+    mask = torch.ones((1, 1, 2), dtype=torch.bool, device=contract_device)
+    value, grad = _nuc_value_and_grad(logits, ids, mask)
+    ref = spread.clone().requires_grad_(True)
+    expected = F.cross_entropy(ref, torch.tensor([2, 3]))
+    expected.backward()
+    torch.testing.assert_close(value.cpu().to(F64), expected.detach(), rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(grad.cpu().to(F64).reshape(2, 4), ref.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "magnitude"),
+    [
+        (torch.float16, 6e4),
+        (torch.float16, float(torch.finfo(torch.float16).max)),
+        (torch.bfloat16, 1e30),
+        (torch.bfloat16, float(torch.finfo(torch.bfloat16).max)),
+    ],
+    ids=lambda p: str(p),
+)
+def test_half_logits_are_computed_in_float32_and_shift_invariant(contract_device, dtype, magnitude):
+    logits = torch.full((1, 1, 1, 2), magnitude, dtype=dtype, device=contract_device)
+    ids = torch.ones((1, 1, 1), dtype=torch.int64, device=contract_device)
+    mask = torch.ones((1, 1, 1), dtype=torch.bool, device=contract_device)
+    value, grad = _nuc_value_and_grad(logits, ids, mask)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(math.log(2), rel=1e-6)
+    assert grad.dtype == dtype
+    expected = torch.tensor([[[[0.5, -0.5]]]], dtype=dtype, device=contract_device)
+    torch.testing.assert_close(grad, expected, rtol=0.0, atol=0.0)
+
+
+# ------------------------------------------------ nucleotide cross-entropy: the fused backward
+# Issue 13, item 1: the nucleotide term has a hand-written backward ((softmax - onehot) / n in
+# one pass), so its gradient is checked against float64 autograd through a plain reference.
+
+
+def _reference_nuc_grad(
+    logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, upstream: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 value and gradient of ``upstream * cross_entropy`` on the valid subset."""
+    leaf = logits.detach().cpu().to(F64).requires_grad_(True)
+    valid = mask.cpu() != 0
+    picked = leaf[valid]
+    if picked.numel():
+        value = F.cross_entropy(picked, ids.cpu()[valid].long())
+    else:
+        value = (leaf * 0.0).sum()
+    (value * upstream).backward()
+    assert leaf.grad is not None
+    return value.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("fill", ["0", "nan", "inf", "max"])
+def test_nucleotide_gradient_matches_float64_autograd_of_the_reference(
+    contract_device, dtype, fill
+):
+    value = torch.finfo(dtype).max if fill == "max" else float(fill)
+    batch = with_garbage(make_batch(device=contract_device, seed=31, dtype=dtype, scale=3.0), value)
+    logits, ids, mask = (
+        batch.outputs["nuc_predictions"],
+        batch.targets["nucleotides"],
+        batch.targets["nuc_mask"],
+    )
+    upstream = 2.5  # a non-unit upstream gradient reaches the logits through the penalty
+    losses = MultiTaskLoss(nuc_penalty=upstream)(
+        {"nuc_predictions": logits}, {"nucleotides": ids, "nuc_mask": mask}
+    )
+    losses["total_loss"].backward()
+    assert logits.grad is not None
+    assert logits.grad.dtype == dtype
+    clean = torch.where(batch.valid["nuc_predictions"], logits.detach(), 0.0)
+    reference, expected = _reference_nuc_grad(clean, ids, mask, upstream)
+    assert_matches(losses["nuc_loss"], reference, dtype, n=clean.numel())
+    valid = batch.valid["nuc_predictions"].cpu()
+    got = logits.grad.cpu().to(F64)
+    # Entries are at most upstream / n_valid: that is the scale of any cancellation.
+    scale = upstream / int((mask != 0).sum())
+    tol = tolerance(dtype, n=clean.shape[-1], scale=scale)
+    torch.testing.assert_close(got[valid], expected[valid], rtol=tol.rtol, atol=tol.atol)
+    assert torch.equal(got[~valid], torch.zeros_like(got[~valid]))  # exactly 0 (never nan)
+
+
+def test_nucleotide_loss_passes_gradcheck_in_float64(contract_device):
+    gen = torch.Generator().manual_seed(32)
+    logits = (torch.randn(2, 3, 4, 5, generator=gen, dtype=F64) * 2).to(contract_device)
+    ids = torch.randint(0, 5, (2, 3, 4), generator=gen).to(contract_device)
+    mask = torch.rand(2, 3, 4, generator=gen).to(contract_device) < 0.6
+    loss = MultiTaskLoss()
+    logits.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x: loss.compute_nucleotide_loss(x, ids, mask), (logits,), eps=1e-6, atol=1e-9
+    )
+
+
+def test_nucleotide_loss_supports_double_backward(contract_device):
+    # Decision (issue 13): double backward works. The fast first backward is not itself
+    # differentiable, so under create_graph=True it is recomputed with differentiable ops.
+    gen = torch.Generator().manual_seed(33)
+    logits = torch.randn(2, 2, 3, 4, generator=gen, dtype=F64).to(contract_device)
+    logits[0, 1] = math.nan  # garbage at padded positions: no NaN in second derivatives either
+    ids = torch.randint(0, 4, (2, 2, 3), generator=gen).to(contract_device)
+    mask = torch.ones(2, 2, 3, dtype=torch.bool, device=contract_device)
+    mask[0, 1] = False
+    loss = MultiTaskLoss()
+    leaf = logits.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(
+        loss.compute_nucleotide_loss(leaf, ids, mask), leaf, create_graph=True
+    )
+    (hess_diag,) = torch.autograd.grad((grad * grad).sum(), leaf)
+    assert torch.isfinite(hess_diag).all()
+    assert torch.equal(hess_diag[0, 1], torch.zeros_like(hess_diag[0, 1]))
+    clean = torch.where(mask.unsqueeze(-1), logits, 0.0).requires_grad_(True)
+    (ref_grad,) = torch.autograd.grad(
+        F.cross_entropy(clean[mask], ids[mask]), clean, create_graph=True
+    )
+    (ref_hess,) = torch.autograd.grad((ref_grad * ref_grad).sum(), clean)
+    torch.testing.assert_close(grad.detach(), ref_grad.detach(), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(hess_diag[mask], ref_hess[mask], rtol=1e-10, atol=1e-14)
+    fine = logits.detach().clone().nan_to_num_(0.0).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(
+        lambda x: loss.compute_nucleotide_loss(x, ids, mask), (fine,), eps=1e-6, atol=1e-8
+    )
+
+
+def test_nucleotide_backward_can_run_twice_with_retain_graph(contract_device):
+    batch = make_batch(device=contract_device, seed=34)
+    logits = batch.outputs["nuc_predictions"]
+    value = MultiTaskLoss().compute_nucleotide_loss(
+        logits, batch.targets["nucleotides"], batch.targets["nuc_mask"]
+    )
+    value.backward(retain_graph=True)
+    first = logits.grad.clone()
+    value.backward()
+    torch.testing.assert_close(logits.grad, 2 * first, rtol=1e-6, atol=0.0)
+
+
+def test_nucleotide_loss_of_no_valid_position_is_zero_with_zero_gradient(contract_device):
+    logits = torch.full((2, 1, 3, 4), math.nan, device=contract_device, requires_grad=True)
+    ids = torch.full((2, 1, 3), -100, device=contract_device)
+    mask = torch.zeros((2, 1, 3), dtype=torch.bool, device=contract_device)
+    value = MultiTaskLoss().compute_nucleotide_loss(logits, ids, mask)
+    value.backward()
+    assert value.item() == 0.0
+    assert not math.copysign(1.0, value.item()) < 0
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
