@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from robustness import changes
 from robustness.baseline import (
     BASELINE_ENV,
     BASELINE_METRICS_ENV,
@@ -42,6 +43,7 @@ from robustness.baseline import (
 )
 from robustness.devices import DEVICE_CHOICES
 from robustness.errors import HarnessUsageError
+from robustness.profiles import PROFILES
 from robustness.target import LossTarget, MetricsTarget, load_loss_target, load_metrics_target
 
 __all__ = ["EXIT_BROKEN", "EXIT_OK", "EXIT_USAGE", "EXIT_VIOLATION", "TestOutcome", "main"]
@@ -51,7 +53,7 @@ EXIT_VIOLATION = 1
 EXIT_USAGE = 2
 EXIT_BROKEN = 3
 
-PROFILE_CHOICES = ("dev", "ci", "thorough")
+PROFILE_CHOICES = tuple(PROFILES)
 _GATE_INI = Path(__file__).with_name("gate.ini")
 # The gate runs a hermetic pytest: whatever other plugins the environment has installed
 # (pytest-benchmark, pytest-randomly, ...) stay out, so the verdict depends only on the
@@ -61,6 +63,7 @@ _GATE_PLUGINS = (
     "xdist.looponfail",
     "_hypothesis_pytestplugin",
     "robustness.plugin",
+    "robustness.changes_plugin",
 )
 # Hypothesis's per-phase statistics line: "N passing examples, M failing examples" up to
 # 6.16x, "N passing, M failing, and K invalid test cases" since.
@@ -159,8 +162,9 @@ def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers",
         type=_non_negative_int,
-        default=min(2, os.cpu_count() or 1),
-        help="pytest-xdist workers; 0 runs in this process (default: 2)",
+        default=None,
+        help="pytest-xdist workers; 0 runs in this process (default: 2; with --changed, 0 "
+        "when only one term changed)",
     )
     parser.add_argument(
         "--rules", default=None, metavar="ID[,ID...]", help="check only these rule ids"
@@ -194,6 +198,7 @@ def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     add_baseline_options(parser)
+    changes.add_changed_options(parser)
     return parser
 
 
@@ -479,9 +484,29 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
             metrics = load_metrics_target(options.metrics)
             selection = RegressSelection.parse(options.regress_only, options.regress_skip)
             baseline = _resolve_baseline(options, loss, metrics, stack)
+            changes.check_changed_options(options)
+            plan = (
+                changes.plan_changes(
+                    loss,
+                    metrics,
+                    profile=options.profile,
+                    device=options.device,
+                    state=options.state,
+                    since=options.since,
+                )
+                if options.changed
+                else None
+            )
         except HarnessUsageError as exc:
             print(f"robustness gate: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        if plan is not None and not plan.run:
+            print(plan.nothing_line())
+            return EXIT_OK
+        if options.workers is None:
+            few = plan is not None and changes.serial_is_faster(plan.run)
+            options.workers = 0 if few else min(2, os.cpu_count() or 1)
+        terms = ["--robustness-terms", ",".join(plan.run)] if plan is not None else []
         collector = _Collector()
         started = time.perf_counter()
         # pytest's own progress lines are noise next to the gate's table: keep them, and
@@ -489,7 +514,7 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
         pytest_output = io.StringIO()
         with _hermetic_plugins(options.workers), contextlib.redirect_stdout(pytest_output):
             code = pytest.main(
-                _pytest_args(options, loss.spec, metrics.spec) + baseline.args(),
+                _pytest_args(options, loss.spec, metrics.spec) + baseline.args() + terms,
                 plugins=[collector],
             )
         wall = time.perf_counter() - started
@@ -516,6 +541,11 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
     verdict = EXIT_VIOLATION if failures else EXIT_OK
+    if not options.rules and not (options.maxfail and failures):
+        changes.record_passes(
+            plan, loss, metrics, rows, profile=options.profile, device=options.device,
+            state=options.state,
+        )  # fmt: skip
     counts = {s: sum(r["status"] == s for r in rows) for s in ("pass", "FAIL", "skipped")}
     examples = sum(o.examples for o in outcomes)
     summary = (
@@ -540,6 +570,8 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
         )
         if not selection.everything:
             summary += f"\n  compared {selection.describe()}"
+    if plan is not None:
+        summary += "".join(f"\n{line}" for line in plan.describe())
     if not options.quiet:
         print(_render(rows, failures))
         print()
@@ -561,6 +593,7 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
                     "device": options.device,
                     "workers": options.workers,
                     "wall_seconds": round(wall, 3),
+                    "unchanged": plan.unchanged if plan is not None else {},
                     "examples": examples,
                     "rows": rows,
                     "tests": [asdict(o) for o in outcomes],
