@@ -395,7 +395,7 @@ def record_passes(
             recorded[term] = {"key": keyed[term], "profile": profile, "at": at}
     try:
         state.parent.mkdir(parents=True, exist_ok=True)
-        tmp = state.with_suffix(".tmp")
+        tmp = state.with_suffix(f".{os.getpid()}.tmp")  # concurrent gates: no shared temp
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, state)
     except OSError as exc:
