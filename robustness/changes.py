@@ -445,5 +445,10 @@ def check_changed_options(options: argparse.Namespace) -> None:
 
 
 def serial_is_faster(terms: Sequence[str]) -> bool:
-    """Whether so few terms run that xdist's start-up costs more than it saves (measured)."""
+    """Whether so few terms run that the gate should not start xdist workers.
+
+    A heuristic: each worker pays a torch import and a collection (about 3 s, see
+    docs/gate-speed.md) before it runs a test; one term's rows are too few to win that back on
+    2 cores. Not measured against two terms' rows on a quiet machine.
+    """
     return len(terms) <= 1
