@@ -18,7 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bench_gate", "rule_family"]
+__all__ = ["GATE_TARGETS_S", "bench_gate", "bench_gate_changed", "rule_family"]
+
+#: Issue 13's gate targets, seconds on a quiet 2-core machine (``gate_changed``: one term edited).
+GATE_TARGETS_S = {"dev": 12.0, "changed": 8.0, "ci": 60.0}
 
 _FAMILY_RE = re.compile(r"^(?P<family>.+?)-\d+$")
 
@@ -118,4 +121,85 @@ def bench_gate(
     return {
         profile: _run_profile(profile, workers=workers, timeout_s=timeout_s, extra_args=extra_args)
         for profile in profiles
+    }
+
+
+def _record_all_but(state: Path, changed: Sequence[str], *, profile: str, device: str) -> None:
+    """Write a ``--changed`` state in which every term but ``changed`` passed just now."""
+    from robustness.changes import record_passes, term_keys
+    from robustness.target import load_loss_target, load_metrics_target
+
+    loss, metrics = load_loss_target(), load_metrics_target()
+    rows = [
+        {"rule": "-", "term": term, "status": "pass"}
+        for term in term_keys(loss, metrics)
+        if term not in changed
+    ]
+    record_passes(None, loss, metrics, rows, profile=profile, device=device, state=state)
+
+
+def bench_gate_changed(
+    changed: Sequence[str] = ("count_loss", "total_loss"),
+    *,
+    profile: str = "dev",
+    workers: int | None = None,
+    timeout_s: float = 900.0,
+) -> dict[str, Any]:
+    """Time ``gate --changed`` as it runs after an edit to one term of the default target.
+
+    The state file records every term as passed except ``changed``; the default is what an
+    edit to ``compute_count_loss`` leaves (``total_loss`` calls it, so it changes too). No
+    source is edited.
+
+    Args:
+        changed: the terms left unrecorded (they run).
+        profile: ``--profile``.
+        workers: ``--workers``; ``None`` lets the gate choose (serial for one term).
+        timeout_s: give up after this long (recorded as skipped).
+
+    Returns:
+        ``{"status": "ran", "wall_s", "gate_wall_s", "verdict", "rows", "unchanged", ...}`` or
+        ``{"status": "skipped", "reason"}``.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-gate-changed-") as tmp:
+        state = Path(tmp) / "changes.json"
+        _record_all_but(state, changed, profile=profile, device="all")
+        report = Path(tmp) / "gate.json"
+        command = [
+            sys.executable, "-m", "robustness", "gate", "--changed",
+            "--state", str(state),
+            "--profile", profile,
+            "--report-json", str(report),
+            "--repro-dir", str(Path(tmp) / "repros"),
+            "--quiet",
+            *(["--workers", str(workers)] if workers is not None else []),
+        ]  # fmt: skip
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return {"status": "skipped", "reason": f"timed out after {timeout_s:.0f} s"}
+        wall = time.perf_counter() - start
+        if not report.exists():
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            return {
+                "status": "skipped",
+                "reason": f"gate exited {proc.returncode} without a report: "
+                + (lines[-1] if lines else "no output"),
+                "wall_s": wall,
+            }
+        data = json.loads(report.read_text())
+    return {
+        "status": "ran",
+        "verdict": data.get("verdict"),
+        "exit_status": proc.returncode,
+        "changed": list(changed),
+        "workers": data.get("workers"),
+        "wall_s": wall,
+        "gate_wall_s": float(data.get("wall_seconds", wall)),
+        "rows": len(data.get("rows", [])),
+        "unchanged": sorted(data.get("unchanged", {})),
+        "target_s": GATE_TARGETS_S["changed"],
     }

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from robustness import changes
 from robustness.baseline import (
     BASELINE_ENV,
     BASELINE_METRICS_ENV,
@@ -60,6 +61,7 @@ from robustness.known import (
     rewrite,
     write_known,
 )
+from robustness.profiles import PROFILES
 from robustness.target import LossTarget, MetricsTarget, load_loss_target, load_metrics_target
 
 __all__ = [
@@ -87,7 +89,7 @@ _EXIT_HELP = """exit status:
   3  the run itself broke
   4  nothing was checked: every selected row was skipped (one line on stderr says why)"""
 
-PROFILE_CHOICES = ("dev", "ci", "thorough")
+PROFILE_CHOICES = tuple(PROFILES)
 _GATE_INI = Path(__file__).with_name("gate.ini")
 # The gate runs a hermetic pytest: whatever other plugins the environment has installed
 # (pytest-benchmark, pytest-randomly, ...) stay out, so the verdict depends only on the
@@ -97,6 +99,7 @@ _GATE_PLUGINS = (
     "xdist.looponfail",
     "_hypothesis_pytestplugin",
     "robustness.plugin",
+    "robustness.changes_plugin",
 )
 # Hypothesis's per-phase statistics line: "N passing examples, M failing examples" up to
 # 6.16x, "N passing, M failing, and K invalid test cases" since.
@@ -204,8 +207,9 @@ def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers",
         type=_non_negative_int,
-        default=min(2, os.cpu_count() or 1),
-        help="pytest-xdist workers; 0 runs in this process (default: 2)",
+        default=None,
+        help="pytest-xdist workers; 0 runs in this process (default: 2; with --changed, 0 "
+        "when only one term changed)",
     )
     parser.add_argument(
         "--rules", default=None, metavar="ID[,ID...]", help="check only these rule ids"
@@ -246,6 +250,7 @@ def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     add_known_options(parser)
     add_baseline_options(parser)
+    changes.add_changed_options(parser)
     return parser
 
 
@@ -686,7 +691,11 @@ class _PytestRun:
 
 
 def _run_pytest(
-    options: argparse.Namespace, loss: LossTarget, metrics: MetricsTarget, baseline: _Baseline
+    options: argparse.Namespace,
+    loss: LossTarget,
+    metrics: MetricsTarget,
+    baseline: _Baseline,
+    extra: Sequence[str] = (),
 ) -> _PytestRun:
     import pytest
 
@@ -697,7 +706,7 @@ def _run_pytest(
     pytest_output = io.StringIO()
     with _hermetic_plugins(options.workers), contextlib.redirect_stdout(pytest_output):
         code = pytest.main(
-            _pytest_args(options, loss.spec, metrics.spec) + baseline.args(),
+            _pytest_args(options, loss.spec, metrics.spec) + baseline.args() + list(extra),
             plugins=[collector],
         )
     return _PytestRun(int(code), collector, pytest_output.getvalue(), time.perf_counter() - started)
@@ -744,6 +753,7 @@ def _summary(
     metrics: MetricsTarget,
     baseline: _Baseline,
     selection: RegressSelection,
+    plan: changes.ChangePlan | None,
 ) -> str:
     examples = sum(r.examples for r in verdict.rows)
     counts = f"{verdict.count('pass')} pass, {verdict.count('FAIL')} FAIL, "
@@ -773,6 +783,8 @@ def _summary(
         )
         if not selection.everything:
             summary += f"\n  compared {selection.describe()}"
+    if plan is not None:
+        summary += "".join(f"\n{line}" for line in plan.describe())
     return summary
 
 
@@ -784,6 +796,7 @@ def _write_report(
     loss: LossTarget,
     metrics: MetricsTarget,
     baseline: _Baseline,
+    plan: changes.ChangePlan | None,
 ) -> None:
     outcomes = list(run.collector.outcomes.values())
     options.report_json.parent.mkdir(parents=True, exist_ok=True)
@@ -799,6 +812,7 @@ def _write_report(
         "device": options.device,
         "workers": options.workers,
         "wall_seconds": round(run.wall, 3),
+        "unchanged": plan.unchanged if plan is not None else {},
         "examples": sum(r.examples for r in verdict.rows),
         "causes": [cause.to_json() for cause in verdict.causes],
         "known": {
@@ -852,10 +866,30 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
             metrics = load_metrics_target(options.metrics, allow_none=True)
             selection = RegressSelection.parse(options.regress_only, options.regress_skip)
             baseline = _resolve_baseline(options, loss, metrics, stack)
+            changes.check_changed_options(options)
+            plan = (
+                changes.plan_changes(
+                    loss,
+                    metrics,
+                    profile=options.profile,
+                    device=options.device,
+                    state=options.state,
+                    since=options.since,
+                )
+                if options.changed
+                else None
+            )
         except HarnessUsageError as exc:
             print(f"robustness gate: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        run = _run_pytest(options, loss, metrics, baseline)
+        if plan is not None and not plan.run:
+            print(plan.nothing_line())
+            return EXIT_OK
+        if options.workers is None:
+            few = plan is not None and changes.serial_is_faster(plan.run)
+            options.workers = 0 if few else min(2, os.cpu_count() or 1)
+        terms = ["--robustness-terms", ",".join(plan.run)] if plan is not None else []
+        run = _run_pytest(options, loss, metrics, baseline, terms)
     problem = _run_problem(run)
     if problem is not None:
         return problem
@@ -864,7 +898,9 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
     verdict = _judge(outcomes, options.known_entries)
     if not verdict.checked:
         if options.report_json:
-            _write_report(options, verdict, EXIT_NOTHING_CHECKED, run, loss, metrics, baseline)
+            _write_report(
+                options, verdict, EXIT_NOTHING_CHECKED, run, loss, metrics, baseline, plan
+            )
         print(_nothing_checked_line(verdict), file=sys.stderr)
         return EXIT_NOTHING_CHECKED
     wrote = ""
@@ -875,14 +911,28 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
         verdict = _judge(outcomes, entries)
         wrote = f"robustness gate: wrote {len(entries)} known violation(s) to {options.known_path}"
     status = EXIT_VIOLATION if verdict.failed else EXIT_OK
+    if not options.rules and not (options.maxfail and verdict.failures):
+        changes.record_passes(
+            plan,
+            loss,
+            metrics,
+            # A known failure is still a failure: its term must run again after a change.
+            [
+                {"term": r.term, "status": "FAIL" if r.status == "known" else r.status}
+                for r in verdict.rows
+            ],
+            profile=options.profile,
+            device=options.device,
+            state=options.state,
+        )
     if not options.quiet:
         print(_render(verdict))
         print()
-    print(_summary(options, verdict, run, loss, metrics, baseline, selection))
+    print(_summary(options, verdict, run, loss, metrics, baseline, selection, plan))
     if wrote:
         print(wrote)
     if options.report_json:
-        _write_report(options, verdict, status, run, loss, metrics, baseline)
+        _write_report(options, verdict, status, run, loss, metrics, baseline, plan)
     return status
 
 
