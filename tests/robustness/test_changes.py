@@ -32,19 +32,19 @@ class Loss:
     def __init__(self, **kwargs):
         self.kwargs = kwargs
 
-    def compute_target_loss(self, pred, true):
+    def compute_target_loss(self, pred, true, is_classifier=False):
         return pred - true
 
     def compute_count_loss(self, pred, true, mask):
         return (pred - true) * mask
 
-    def compute_base_loss(self, emb, dist):
+    def compute_base_loss(self, emb, dist, encoder_type="unifrac"):
         return compute_pairwise_distances(emb) - dist
 
     def compute_nucleotide_loss(self, logits, ids, mask):
         return _check(logits)
 
-    def forward(self, outputs, targets):
+    def forward(self, outputs, targets, is_classifier=False, encoder_type="unifrac"):
         return (
             self.compute_target_loss(outputs, targets)
             + self.compute_count_loss(outputs, targets, 1)
