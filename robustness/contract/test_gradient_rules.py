@@ -4,8 +4,9 @@ Per-term isolation: a per-term row draws batches holding only that term's head (
 confined to one term fails that term's row and ``total_loss``'s, never the others'), and the
 ``total_loss`` row draws every head. Values are ordinary (with non-contiguous layouts) or
 finite extremes of the dtype. The explicit examples are the contract suite's historical
-batches cut down to one head (a remainder batch, B = 1, duplicate embeddings, NaN at padding),
-so a backward that is wrong on ordinary inputs is caught on them whatever generation draws.
+batches cut down to one head (a remainder batch, B = 1, duplicate embeddings, NaN at padding,
+equal nucleotide logits of size 1e7 and finfo.max), so a backward that is wrong on ordinary
+inputs is caught on them whatever generation draws.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from robustness.contract.test_loss_rules import DUPLICATES, NAN_PADDING, REMAINDER, SINGLE
+from robustness.contract.test_loss_rules import (
+    DUPLICATES,
+    EQUAL_HUGE_LOGITS,
+    EQUAL_MAX_LOGITS,
+    NAN_PADDING,
+    REMAINDER,
+    SINGLE,
+)
 from robustness.properties._gradients import check_reference_gradients
 from robustness.strategies import MultiTaskBatch, multitask_batches
 
@@ -48,7 +56,7 @@ def _batches(term: str) -> st.SearchStrategy[MultiTaskBatch]:
 
 
 def _examples(term: str) -> list[MultiTaskBatch]:
-    batches = [REMAINDER, SINGLE, DUPLICATES, NAN_PADDING]
+    batches = [REMAINDER, SINGLE, DUPLICATES, NAN_PADDING, EQUAL_HUGE_LOGITS, EQUAL_MAX_LOGITS]
     if term in _HEADS:
         return [only(b, _HEADS[term]) for b in batches]
     return batches

@@ -139,6 +139,22 @@ DUPLICATES = _full_batch(4, embeddings=_EMB, classifier=True, seed=3)
 NAN_PADDING = _full_batch(4, garbage=math.nan, seed=4)
 
 
+def _equal_logits(batch: MultiTaskBatch, value: float) -> MultiTaskBatch:
+    """``batch`` with every nucleotide logit equal to ``value``: the loss is log V exactly.
+
+    Cross-entropy is shift-invariant, so equal logits of any finite size owe log V and the
+    gradient softmax - onehot; ``logsumexp(x) - x[y]`` of two huge equal numbers does not
+    (aam returned 1.0 for log 2 at 1e7 and 0.0 at finfo.max before it shifted by the max).
+    """
+    nuc = torch.full_like(batch.outputs["nuc_predictions"], value)
+    return dataclasses.replace(batch, outputs={**batch.outputs, "nuc_predictions": nuc})
+
+
+# Equal logits far from 0: C-REF-1 and C-GRAD-1 owe log V whatever their size.
+EQUAL_HUGE_LOGITS = _equal_logits(REMAINDER, 1e7)
+EQUAL_MAX_LOGITS = _equal_logits(REMAINDER, float(torch.finfo(torch.float32).max))
+
+
 def _overflowing_sum(batch: MultiTaskBatch) -> MultiTaskBatch:
     """``batch`` with count errors whose squares are ``finfo.max / 5`` at every valid ASV.
 
@@ -373,6 +389,8 @@ def test_zero_selected_class_weights_give_zero(loss_target, contract_device, bat
 @example(batch=DUPLICATES)
 @example(batch=NAN_PADDING)
 @example(batch=ZERO_PENALTY_OVERFLOW)
+@example(batch=EQUAL_HUGE_LOGITS)
+@example(batch=EQUAL_MAX_LOGITS)
 def test_terms_match_the_float64_reference(loss_target, contract_device, term, batch):
     check_reference_values(loss_target, _on(batch, contract_device, term), term=term)
 

@@ -138,25 +138,28 @@ class MultiTaskLoss(_NucFixed):  # BUG: nuc_loss keeps a dimension
 
 
 def _gate(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # No target, rule or profile options: the repository's [tool.robustness] table names them.
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "robustness",
-            "gate",
-            "--profile",
-            "dev",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            *args,
-        ],
+        [sys.executable, "-m", "robustness", "gate", *args],
         cwd=repo,
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+# The other repository's configuration: its target, one cheap rule, the dev profile.
+PYPROJECT = """[project]
+name = "mylosses"
+version = "0"
+
+[tool.robustness]
+target = "mylosses.losses:MultiTaskLoss"
+metrics = false
+profile = "dev"
+rules = ["C-SCALAR-1"]
+known = "robustness-known.json"
+"""
 
 
 def _losses(repo: Path, *bugs: str) -> None:
@@ -169,7 +172,8 @@ def test_known_violations_ratchet_in_another_repository(tmp_path):
     (repo / "mylosses").mkdir(parents=True)
     (repo / "mylosses" / "__init__.py").write_text("")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    gate = ("--target", "mylosses.losses:MultiTaskLoss", "--rules", "C-SCALAR-1")
+    (repo / "pyproject.toml").write_text(PYPROJECT)
+    gate: tuple[str, ...] = ()
     known = repo / "robustness-known.json"
 
     _losses(repo, COUNT_BUG)
