@@ -23,7 +23,7 @@ from robustness.mutate.equivalent import AAM_EQUIVALENTS, load_equivalents
 from robustness.mutate.generation import Mutant, SourceFile, diff, generate
 from robustness.mutate.loading import module_file, package_root
 from robustness.mutate.operators import OPERATORS, operator_names
-from robustness.mutate.reporting import Record, render, report_json, write_json
+from robustness.mutate.reporting import render, report_json, write_json
 from robustness.mutate.sharding import in_shard, merge_reports, parse_shard
 from robustness.mutate.since import changed_lines
 
@@ -239,17 +239,3 @@ def _equivalents(options: argparse.Namespace, loss: str) -> list[Any]:
         path = AAM_EQUIVALENTS
     return load_equivalents(path) if path is not None else []
 
-
-def record_of(mutant: Mutant, text: str, status: str, **fields: Any) -> Record:
-    """A report record for ``mutant`` with its diff."""
-    return Record(
-        id=mutant.id,
-        operator=mutant.operator,
-        generic=mutant.generic,
-        file=mutant.file,
-        line=mutant.line,
-        function=mutant.function,
-        status=status,
-        diff=diff(mutant, text),
-        **fields,
-    )

@@ -37,6 +37,8 @@ class Record:
     test: str = ""
     detail: str = ""
     seconds: float = 0.0
+    before: str = ""  # the original node's text (ast.unparse)
+    after: str = ""  # the replacement's text
     diff: str = ""
 
     @classmethod

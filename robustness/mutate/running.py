@@ -8,11 +8,12 @@ and plugins the gate runs, so a test's verdict is the gate's verdict.
 1. The *original* (unmutated) target runs first, split over the workers. Every test records
    which functions of the mutated files it executed (a ``sys.settrace`` call hook: code
    objects only, no line events) and whether it ran code in child processes.
-2. Each *mutant* then runs only the tests that execute its enclosing function (tests that
-   run code in child processes count as executing everything), minus the tests the original
+2. Each *mutant* then runs only the tests that execute one of its lines (module- and
+   class-level mutants: every test that touches the file; tests that run code in child
+   processes count as executing everything), minus the tests the original
    does not pass and every test of a rule the original fails, in a fixed order with the
    cheap rules that kill most first (:data:`RULE_ORDER`), and stops at the first failure
-   (``-x``). A test that never executes the mutated function behaves exactly as on the
+   (``-x``). A test that never executes the mutated code behaves exactly as on the
    original (the Hypothesis profiles are derandomized), so skipping it changes no verdict.
 
 A mutant that exceeds its time limit is stopped by ``SIGALRM`` inside the worker; a worker
@@ -119,6 +120,7 @@ class TestRecord:
     outcome: str = "passed"
     seconds: float = 0.0
     covered: set[tuple[str, str]] = field(default_factory=set)
+    lines: set[tuple[str, int]] = field(default_factory=set)
     children: bool = False
 
 
@@ -130,6 +132,7 @@ class Outcome:
     first_failure: tuple[str, str, str] | None = None  # (nodeid, rule, message)
     exit_code: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     error: str = ""
 
 
@@ -143,6 +146,7 @@ class Result:
     detail: str = ""
     seconds: float = 0.0
     tests_run: int = 0
+    cpu_seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------- in the worker
@@ -187,13 +191,21 @@ class _Session:
         if not self.traced or record is None:
             yield
             return
-        covered = record.covered
+        covered, lines = record.covered, record.lines
         traced = self.traced
 
-        def tracer(frame: FrameType, event: str, arg: object) -> None:
+        def line_tracer(frame: FrameType, event: str, arg: object) -> Any:
+            if event == "line":
+                lines.add((frame.f_code.co_filename, frame.f_lineno))
+            return line_tracer
+
+        def tracer(frame: FrameType, event: str, arg: object) -> Any:
             code = frame.f_code
-            if code.co_filename in traced:
-                covered.add((code.co_filename, _enclosing(code.co_qualname)))
+            if code.co_filename not in traced:
+                return None  # no line events outside the mutated files
+            covered.add((code.co_filename, _enclosing(code.co_qualname)))
+            lines.add((code.co_filename, frame.f_lineno))
+            return line_tracer
 
         sys.settrace(tracer)
         try:
@@ -285,12 +297,13 @@ def _pytest(
 
         choose.trylast = True  # type: ignore[attr-defined]
         session.pytest_collection_modifyitems = choose  # type: ignore[method-assign]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         code = pytest.main(args, plugins=[session])
     session.outcome.exit_code = int(code)
     session.outcome.seconds = time.perf_counter() - started
+    session.outcome.cpu_seconds = time.process_time() - cpu
     if int(code) not in (0, 1, 5) and session.outcome.first_failure is None:
         session.outcome.error = sink.getvalue().strip()[-2000:]
     return session.outcome
@@ -396,7 +409,10 @@ def _worker_main(conn: mpc.Connection, config: RunConfig) -> None:
                     conn.send(("ok", outcome))
                 else:
                     _, mutant, source, keep, limit = task
-                    conn.send(("ok", _run_mutant(config, workdir, mutant, source, keep, limit)))
+                    cpu = time.process_time()
+                    result = _run_mutant(config, workdir, mutant, source, keep, limit)
+                    result.cpu_seconds = time.process_time() - cpu
+                    conn.send(("ok", result))
             except BaseException:
                 conn.send(("error", traceback.format_exc()))
     finally:
@@ -517,7 +533,9 @@ def select_tests(
         files = {path for path, _ in record.covered}
         if file_path not in files:
             continue
-        if whole_file or (file_path, mutant.function) in record.covered:
+        if whole_file or any(
+            (file_path, line) in record.lines for line in range(mutant.line, mutant.end_line + 1)
+        ):
             chosen.append(record)
     chosen.sort(key=lambda r: (rule_rank(r.rule), r.index))
     return [r.nodeid for r in chosen]

@@ -37,22 +37,26 @@ def _gathered(loss: str) -> str | None:
     return spec
 
 
-def _original(pool: WorkerPool, workers: int) -> tuple[dict[str, TestRecord], list[str]]:
-    """Run the unmutated target split over the workers; ``(records, errors)``."""
+def _original(
+    pool: WorkerPool, workers: int
+) -> tuple[dict[str, TestRecord], list[str], list[float]]:
+    """Run the unmutated target split over the workers; ``(records, errors, CPU seconds)``."""
     tasks = [("original", shard, workers) for shard in range(workers)]
     records: dict[str, TestRecord] = {}
     errors: list[str] = []
+    cpu: list[float] = []
     for _, kind, value in pool.run(tasks, [None] * len(tasks)):
         if kind != "ok":
             errors.append(str(value))
             continue
         assert isinstance(value, Outcome)
+        cpu.append(value.cpu_seconds)
         if value.error:
             errors.append(value.error)
         for nodeid, record in value.records.items():
             if record.seconds > 0 or record.outcome != "passed":
                 records[nodeid] = record
-    return records, errors
+    return records, errors, cpu
 
 
 def run_session(
@@ -91,7 +95,7 @@ def run_session(
         f"original target first (profile {profile}, {options.workers} workers)"
     )
     with WorkerPool(options.workers, config) as pool:
-        original, errors = _original(pool, options.workers)
+        original, errors, original_cpu = _original(pool, options.workers)
         if errors or not original:
             print(
                 "robustness mutate: error: the contract did not run on the original target: "
@@ -168,6 +172,8 @@ def run_session(
                 test=result.test,
                 detail=detail,
                 seconds=round(result.seconds, 2),
+                before=mutant.original,
+                after=mutant.replacement,
                 diff=diff(mutant, texts[mutant.file]),
             )
         )
@@ -183,10 +189,12 @@ def run_session(
     if stale:
         print(f"note: listed as equivalent but killed (remove from the list): {', '.join(stale)}")
     minutes = wall / 60
+    cpu_minutes = (sum(original_cpu) + sum(r.cpu_seconds for r in results.values())) / 60
     print(
         f"robustness mutate: {len(mutants)} mutants in {minutes:.1f} min "
         f"({len(mutants) / minutes if minutes else 0:.1f} mutants/min, {options.workers} workers, "
-        f"profile {profile}; load average {os.getloadavg()[0]:.1f})"
+        f"profile {profile}); worker CPU time {cpu_minutes:.1f} min (the original "
+        f"{sum(original_cpu) / 60:.1f}); load average {os.getloadavg()[0]:.1f}"
     )
     if options.report_json:
         extra = {
@@ -195,6 +203,8 @@ def run_session(
             "profile": profile,
             "workers": options.workers,
             "wall_seconds": round(wall, 1),
+            "cpu_seconds": round(cpu_minutes * 60, 1),
+            "load_average": round(os.getloadavg()[0], 1),
             "shard": options.shard,
             "since": options.since,
         }

@@ -30,7 +30,7 @@ LOSSES = textwrap.dedent(
 
 
     class MultiTaskLoss(_Base):
-        def compute_count_loss(self, count_pred: Tensor, count_true: Tensor, mask: Tensor) -> Tensor:
+        def compute_count_loss(self, count_pred: Tensor, count_true: Tensor, mask: Tensor):
             pred, true, valid = _count_inputs(count_pred, count_true, mask)
             dtype = _compute_dtype(pred, true)
             p = PREDICTION
@@ -76,22 +76,23 @@ def test_mutants_of_a_correct_count_loss_are_killed_or_survive_with_a_diff(
 ) -> None:
     args = _target(tmp_path, SELECTION, monkeypatch)
     status, report = _run(
-        [*args, "--operators", "selection-to-multiplication,upcast-removed"], tmp_path / "r.json"
+        [*args, "--operators", "selection-to-multiplication"], tmp_path / "r.json"
     )
-    mutants = {(m["operator"], m["line"]): m for m in report["mutants"]}  # type: ignore[index,union-attr]
-    to_multiplication = [m for (op, _), m in mutants.items() if op == "selection-to-multiplication"]
-    assert len(to_multiplication) == 2
-    # garbage at padded positions leaks through x * mask: C-MASK-1 catches both
-    assert {(m["status"], m["rule"]) for m in to_multiplication} == {("killed", "C-MASK-1")}
-    upcasts = [m for (op, _), m in mutants.items() if op == "upcast-removed"]
-    # C-MASK-1 alone cannot see a missing upcast: survivors, reported with their diff
-    assert upcasts and all(m["status"] == "survived" for m in upcasts)
-    assert all(m["diff"].startswith("--- a/") for m in upcasts)
+    mutants = {m["before"]: m for m in report["mutants"]}  # type: ignore[union-attr]
+    assert len(mutants) == 2, mutants
+    prediction = mutants["torch.where(valid, pred.to(dtype), 0.0)"]
+    truth = mutants["torch.where(valid, true.to(dtype), 0.0)"]
+    # garbage at padded predictions leaks through pred * mask: C-MASK-1 catches it
+    assert (prediction["status"], prediction["rule"]) == ("killed", "C-MASK-1")
+    # C-MASK-1 alone puts no garbage into padded *truths*: a survivor, with its diff
+    assert truth["status"] == "survived"
+    assert truth["diff"].startswith("--- a/")
+    assert "t = true.to(dtype) * valid" in truth["diff"]
     assert status == 1
     assert report["original"]["passes"] is True  # type: ignore[index]
-    assert report["score"] == pytest.approx(2 / (2 + len(upcasts)))
-    assert {"id", "operator", "file", "line", "status", "rule"} <= set(to_multiplication[0])
-    assert "SURVIVED" not in capsys.readouterr().out  # --quiet: summary only
+    assert report["score"] == pytest.approx(0.5)
+    assert {"id", "operator", "file", "line", "status", "rule", "diff"} <= set(prediction)
+    assert "SURVIVED" not in capsys.readouterr().out  # --quiet: tables and summary only
 
 
 def test_a_target_that_masks_by_multiplication_fails_first_and_is_reported_clearly(
