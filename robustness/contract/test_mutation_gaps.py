@@ -83,3 +83,129 @@ def test_garbage_in_padded_truths_never_changes_a_value(loss_target, contract_de
                     "tolerance": "none: bit-identical (torch.equal) required",
                 },
             )
+
+
+# --------------------------------------------------------------------------- C-INPUT-1 (types)
+
+# Prediction key -> the term its errors must name.
+_PREDICTIONS = {
+    "target_prediction": "target_loss",
+    "count_prediction": "count_loss",
+    "base_prediction": "base_loss",
+    "nuc_predictions": "nuc_loss",
+}
+
+
+def _integer(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().round().clamp(-100, 100).to(torch.int64)
+
+
+def _listed(t: torch.Tensor) -> object:
+    return t.detach().tolist()
+
+
+@pytest.mark.rule("C-INPUT-1")
+@pytest.mark.parametrize("key", list(_PREDICTIONS))
+@pytest.mark.parametrize("bad", [_integer, _listed], ids=["integer-dtype", "python-list"])
+@given(batch=multitask_batches())
+def test_a_prediction_that_is_not_a_floating_tensor_raises_naming_the_term(
+    loss_target, contract_device, key, bad, batch
+):
+    """Bad input gets a clear error: an integer tensor or a list where logits belong.
+
+    Kills ``raise-removed`` in aam's ``_require_tensor`` / ``_require_floating``: without the
+    check an integer prediction is silently accepted (or fails deep inside with an
+    AttributeError that names nothing).
+    """
+    batch = batch.to(contract_device)
+    if key not in batch.outputs:
+        return
+    term = _PREDICTIONS[key]
+    outputs = dict(batch.outputs)
+    outputs[key] = bad(outputs[key])
+    loss = loss_target.make(**batch.loss_kwargs)
+    try:
+        loss(
+            outputs,
+            batch.targets,
+            is_classifier=batch.is_classifier,
+            encoder_type=batch.encoder_type,
+        )
+    except (TypeError, ValueError) as exc:
+        if term in str(exc):
+            return
+        raise ContractViolation(
+            "C-INPUT-1",
+            term,
+            f"{key} as {bad.__name__[1:]} raised without naming {term}",
+            details={"exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    except Exception as exc:
+        raise ContractViolation(
+            "C-INPUT-1",
+            term,
+            f"{key} as {bad.__name__[1:]} raised {type(exc).__name__}, not a TypeError or "
+            f"ValueError naming {term}",
+            details={"exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    raise ContractViolation(
+        "C-INPUT-1",
+        term,
+        f"{key} as {bad.__name__[1:]} was accepted; expected a TypeError "
+        f"or ValueError naming {term}",
+        details={"dtype": str(batch.dtype)},
+    )
+
+
+# Target key -> (the term its errors must name, the bad version of it).
+_BAD_TARGETS = {
+    "nucleotides-as-float": ("nucleotides", "nuc_loss", lambda t: t.to(torch.float32)),
+    "class-ids-as-float": ("target", "target_loss", lambda t: t.to(torch.float32)),
+    "counts-as-complex": ("counts", "count_loss", lambda t: t.to(torch.complex64)),
+    "base-target-as-complex": ("base_target", "base_loss", lambda t: t.to(torch.complex64)),
+}
+
+
+@pytest.mark.rule("C-INPUT-1")
+@pytest.mark.parametrize("case", list(_BAD_TARGETS))
+@given(batch=multitask_batches())
+def test_ids_that_are_not_integers_and_complex_truths_raise_naming_the_term(
+    loss_target, contract_device, case, batch
+):
+    """Float ids (they would be truncated) and complex truths get a clear error.
+
+    Kills ``raise-removed`` in aam's ``_require_integer`` and ``_require_real``.
+    """
+    key, term, bad = _BAD_TARGETS[case]
+    batch = batch.to(contract_device)
+    if key not in batch.targets or (key == "target" and not batch.is_classifier):
+        return
+    targets = dict(batch.targets)
+    targets[key] = bad(targets[key])
+    loss = loss_target.make(**batch.loss_kwargs)
+    try:
+        loss(
+            batch.outputs,
+            targets,
+            is_classifier=batch.is_classifier,
+            encoder_type=batch.encoder_type,
+        )
+    except (TypeError, ValueError) as exc:
+        if term in str(exc):
+            return
+        raise ContractViolation(
+            "C-INPUT-1",
+            term,
+            f"{case} raised without naming {term}",
+            details={"exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    except Exception as exc:
+        raise ContractViolation(
+            "C-INPUT-1",
+            term,
+            f"{case} raised {type(exc).__name__}, not a TypeError or ValueError naming {term}",
+            details={"exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    raise ContractViolation(
+        "C-INPUT-1", term, f"{case} was accepted; expected a ValueError naming {term}"
+    )

@@ -9,8 +9,9 @@ and plugins the gate runs, so a test's verdict is the gate's verdict.
    which functions of the mutated files it executed (a ``sys.settrace`` call hook: code
    objects only, no line events) and whether it ran code in child processes.
 2. Each *mutant* then runs only the tests that execute one of its lines (module- and
-   class-level mutants: every test that touches the file; tests that run code in child
-   processes count as executing everything), minus the tests the original
+   class-level mutants: every test that touches the file; a test that also runs code in
+   child processes, where no tracer runs, counts as executing all of every file it touches
+   in this process), minus the tests the original
    does not pass and every test of a rule the original fails, in a fixed order with the
    cheap rules that kill most first (:data:`RULE_ORDER`), and stops at the first failure
    (``-x``). A test that never executes the mutated code behaves exactly as on the
@@ -527,11 +528,11 @@ def select_tests(
     for record in original.values():
         if record.outcome != "passed" or record.rule in excluded_rules:
             continue
-        if record.children:
-            chosen.append(record)
-            continue
         files = {path for path, _ in record.covered}
         if file_path not in files:
+            continue
+        if record.children:
+            chosen.append(record)  # it also ran code in child processes, where no tracer runs
             continue
         if whole_file or any(
             (file_path, line) in record.lines for line in range(mutant.line, mutant.end_line + 1)
