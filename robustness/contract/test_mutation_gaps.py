@@ -209,3 +209,44 @@ def test_ids_that_are_not_integers_and_complex_truths_raise_naming_the_term(
     raise ContractViolation(
         "C-INPUT-1", term, f"{case} was accepted; expected a ValueError naming {term}"
     )
+
+
+# --------------------------------------------------------------------------- C-INPUT-1 (weights)
+
+_BAD_CLASS_WEIGHTS = {
+    "not-numbers": "heavy",
+    "bool": torch.tensor([True, False]),
+    "complex": torch.tensor([1.0 + 1j, 2.0]),
+    "two-dimensional": torch.ones(2, 3),
+    "empty": torch.ones(0),
+}
+
+
+@pytest.mark.rule("C-INPUT-1")
+@pytest.mark.parametrize("case", list(_BAD_CLASS_WEIGHTS))
+def test_unusable_class_weights_raise_a_value_error_naming_them(loss_target, case):
+    """class_weights that are not a non-empty 1-D real tensor fail at construction, clearly.
+
+    Kills ``raise-removed`` in aam's ``_validate_class_weights`` (conversion, dtype, shape).
+    """
+    try:
+        loss_target.make(class_weights=_BAD_CLASS_WEIGHTS[case])
+    except ValueError as exc:
+        if "class_weights" in str(exc):
+            return
+        raise ContractViolation(
+            "C-INPUT-1",
+            "target_loss",
+            f"class_weights {case} raised without naming them",
+            details={"exception": str(exc)},
+        ) from exc
+    except Exception as exc:
+        raise ContractViolation(
+            "C-INPUT-1",
+            "target_loss",
+            f"class_weights {case} raised {type(exc).__name__}, not a ValueError",
+            details={"exception": str(exc)},
+        ) from exc
+    raise ContractViolation(
+        "C-INPUT-1", "target_loss", f"class_weights {case} was accepted; expected a ValueError"
+    )
