@@ -250,3 +250,44 @@ def test_unusable_class_weights_raise_a_value_error_naming_them(loss_target, cas
     raise ContractViolation(
         "C-INPUT-1", "target_loss", f"class_weights {case} was accepted; expected a ValueError"
     )
+
+
+# --------------------------------------------------------------------------- C-SHAPE-1 (count)
+
+
+@pytest.mark.rule("C-SHAPE-1")
+@given(batch=multitask_batches())
+def test_count_predictions_with_more_than_one_column_raise_naming_the_term(
+    loss_target, contract_device, batch
+):
+    """``[B, A, 2]`` count predictions (and counts) against a ``[B, A]`` mask: a ValueError.
+
+    The mask still matches ``shape[:-1]``, so only the ``[B, A, 1]`` check stands between
+    this input and a silently averaged second column. Kills ``raise-removed`` in aam's
+    ``_count_inputs``.
+    """
+    batch = batch.to(contract_device)
+    if "count_prediction" not in batch.outputs:
+        return
+    outputs, targets = dict(batch.outputs), dict(batch.targets)
+    outputs["count_prediction"] = outputs["count_prediction"].detach().repeat(1, 1, 2)
+    targets["counts"] = targets["counts"].repeat(1, 1, 2)
+    loss = loss_target.make(**batch.loss_kwargs)
+    try:
+        loss(outputs, targets, is_classifier=batch.is_classifier, encoder_type=batch.encoder_type)
+    except ValueError as exc:
+        if "count_loss" in str(exc):
+            return
+        raise ContractViolation(
+            "C-SHAPE-1",
+            "count_loss",
+            "a [B, A, 2] count prediction raised without naming count_loss",
+            details={"exception": str(exc)},
+        ) from exc
+    raise ContractViolation(
+        "C-SHAPE-1",
+        "count_loss",
+        "a [B, A, 2] count prediction was accepted; expected a "
+        "ValueError naming count_loss and the shape",
+        details={"count_prediction": tuple(outputs["count_prediction"].shape)},
+    )
