@@ -238,4 +238,3 @@ def _equivalents(options: argparse.Namespace, loss: str) -> list[Any]:
     if path is None and loss == DEFAULT_LOSS_TARGET:
         path = AAM_EQUIVALENTS
     return load_equivalents(path) if path is not None else []
-
