@@ -16,19 +16,21 @@ from hypothesis import given
 
 from robustness.errors import ContractViolation
 from robustness.strategies import MultiTaskBatch, multitask_batches
+from robustness.target import LossTarget
 
 # Fills for padded truths: what a data loader leaves in padding (NaN, inf, huge values).
 _FLOAT_FILLS = (("NaN", math.nan), ("+inf", math.inf), ("-inf", -math.inf), ("1e30", 1e30))
 
 
-def _terms(loss_target, batch: MultiTaskBatch) -> dict[str, torch.Tensor]:
+def _terms(loss_target: LossTarget, batch: MultiTaskBatch) -> dict[str, torch.Tensor]:
     loss = loss_target.make(**batch.loss_kwargs)
-    return loss(
+    terms: dict[str, torch.Tensor] = loss(
         batch.outputs,
         batch.targets,
         is_classifier=batch.is_classifier,
         encoder_type=batch.encoder_type,
     )
+    return terms
 
 
 def _with_truth_garbage(batch: MultiTaskBatch, fill: float) -> MultiTaskBatch:
