@@ -293,3 +293,39 @@ def test_count_predictions_with_more_than_one_column_raise_naming_the_term(
         "ValueError naming count_loss and the shape",
         details={"count_prediction": tuple(outputs["count_prediction"].shape)},
     )
+
+
+# --------------------------------------------------------------------------- C-INPUT-1 (uint8)
+
+
+@pytest.mark.rule("C-INPUT-1")
+def test_uint8_nucleotide_ids_with_a_large_vocabulary_are_valid_including_id_0(
+    loss_target, contract_device
+):
+    """Ids in ``[0, V)`` are valid whatever their integer dtype, also when V > 255 > uint8.
+
+    The range check has a branch for ids whose dtype cannot hold V; flipping ``ids < 0`` to
+    ``ids <= 0`` there rejects id 0 and no drawn input reached it. Same value as int64 ids.
+    """
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 1, 3, 300, generator=gen).to(contract_device)
+    ids = torch.tensor([[[0, 7, 255]]], dtype=torch.uint8, device=contract_device)
+    mask = torch.ones(1, 1, 3, dtype=torch.bool, device=contract_device)
+    loss = loss_target.make()
+    try:
+        small = loss.compute_nucleotide_loss(logits, ids, mask)
+    except Exception as exc:
+        raise ContractViolation(
+            "C-INPUT-1",
+            "nuc_loss",
+            "valid uint8 ids (0, 7, 255) with V = 300 were rejected",
+            details={"exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    wide = loss.compute_nucleotide_loss(logits, ids.long(), mask)
+    if not torch.equal(small, wide):
+        raise ContractViolation(
+            "C-INPUT-1",
+            "nuc_loss",
+            "uint8 ids give another value than the same int64 ids",
+            details={"uint8": small.item(), "int64": wide.item()},
+        )
