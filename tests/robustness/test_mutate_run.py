@@ -75,22 +75,26 @@ def test_mutants_of_a_correct_count_loss_are_killed_or_survive_with_a_diff(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = _target(tmp_path, SELECTION, monkeypatch)
+    operators = "selection-to-multiplication,upcast-removed"
     status, report = _run(
-        [*args, "--operators", "selection-to-multiplication"], tmp_path / "r.json"
+        [*args, "--operators", operators, "--max-mutants", "3"], tmp_path / "r.json"
     )
-    mutants = {m["before"]: m for m in report["mutants"]}  # type: ignore[union-attr]
-    assert len(mutants) == 2, mutants
-    prediction = mutants["torch.where(valid, pred.to(dtype), 0.0)"]
-    truth = mutants["torch.where(valid, true.to(dtype), 0.0)"]
-    # garbage at padded predictions leaks through pred * mask: C-MASK-1 catches it
+    mutants = {(m["operator"], m["before"]): m for m in report["mutants"]}  # type: ignore[union-attr]
+    assert len(mutants) == 3, mutants
+    prediction = mutants["selection-to-multiplication", "torch.where(valid, pred.to(dtype), 0.0)"]
+    truth = mutants["selection-to-multiplication", "torch.where(valid, true.to(dtype), 0.0)"]
+    upcast = mutants["upcast-removed", "pred.to(dtype)"]
+    # garbage at padded predictions leaks through pred * mask, and (since
+    # test_mutation_gaps.py) garbage at padded truths through true * mask: C-MASK-1
     assert (prediction["status"], prediction["rule"]) == ("killed", "C-MASK-1")
-    # C-MASK-1 alone puts no garbage into padded *truths*: a survivor, with its diff
-    assert truth["status"] == "survived"
-    assert truth["diff"].startswith("--- a/")
-    assert "t = true.to(dtype) * valid" in truth["diff"]
+    assert (truth["status"], truth["rule"]) == ("killed", "C-MASK-1")
+    # C-MASK-1 alone cannot see a missing upcast: a survivor, reported with its diff
+    assert upcast["status"] == "survived"
+    assert upcast["diff"].startswith("--- a/")
+    assert "p = torch.where(valid, pred, 0.0)" in upcast["diff"]
     assert status == 1
     assert report["original"]["passes"] is True  # type: ignore[index]
-    assert report["score"] == pytest.approx(0.5)
+    assert report["score"] == pytest.approx(2 / 3)
     assert {"id", "operator", "file", "line", "status", "rule", "diff"} <= set(prediction)
     assert "SURVIVED" not in capsys.readouterr().out  # --quiet: tables and summary only
 
