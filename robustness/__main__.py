@@ -73,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from robustness.replay import run_replay
 
         return run_replay(rest)
+    if command == "mutate":
+        from robustness.mutate import run_mutate
+
+        return run_mutate(rest)
     if command == "selftest":
         from robustness.selftest import run_selftest
 
