@@ -337,7 +337,9 @@ def _configure_run(config: pytest.Config) -> None:
         run_id = run_id or f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     else:
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        if config.pluginmanager.hasplugin("xdist"):
+        # xdist's hook specs are there whatever name its plugin was loaded under ("xdist" from
+        # an entry point, "xdist.plugin" from the gate's hermetic PYTEST_PLUGINS).
+        if hasattr(config.pluginmanager.hook, "pytest_configure_node"):
             config.pluginmanager.register(_XdistRunId(run_id), "robustness-run-id")
         config.pluginmanager.register(_RunFolder(config), "robustness-run-folder")
     config.stash[_RUN_KEY] = run_id

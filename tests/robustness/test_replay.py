@@ -54,11 +54,15 @@ def replay(monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def failed_run(tmp_path_factory) -> Path:
-    """A directory where one gate run against a mutant left two repro files (C-SCALAR-1)."""
+    """A directory where one gate run against a mutant left two repro files (C-SCALAR-1).
+
+    Two xdist workers, so that the two failures may land in different workers: one run must
+    still be one folder (the workers take the controller's run id).
+    """
     workdir = tmp_path_factory.mktemp("replay")
     run = robustness(
         "gate", "--target", MUTANT, "--rules", "C-SCALAR-1", "--profile", "dev",
-        "--workers", "0", "--quiet", cwd=workdir,
+        "--workers", "2", "--quiet", cwd=workdir,
     )  # fmt: skip
     assert run.returncode == 1, run.stdout + run.stderr
     return workdir
