@@ -612,12 +612,14 @@ def _gram_distances(emb: Tensor, diagonal: Tensor) -> tuple[Tensor, Tensor]:
     """Distances of every pair by the Gram form, and the pairs whose value is not trusted.
 
     Rows are centred on the batch mean and scaled by the largest centred component, both on
-    halves (``x/2 - m/2`` cannot overflow), so the squares stay finite and normal. A pair is
+    halves (``x/2 - m/2`` cannot overflow), so the squares stay finite and normal. The mean
+    is pre-scaled (``sum(x / 2B)``): summing rows near ``finfo.max`` first would overflow to
+    inf and make every ``u`` NaN, and NaN gradients through the matrix product. A pair is
     flagged where ``d² <= (|u_i|² + |u_j|²) / 2``; elsewhere the rounding of the three terms
     (each about ``eps·sqrt(D)·|u|²``) is amplified at most twofold in ``d²``.
     """
     with torch.no_grad():
-        centre = emb.mean(dim=0, keepdim=True) * 0.5
+        centre = (emb * (0.5 / emb.shape[0])).sum(dim=0, keepdim=True)
         scale = (emb * 0.5 - centre).abs().amax()
         usable = (scale > 0) & torch.isfinite(scale)
         safe_scale = torch.where(usable, scale, torch.ones_like(scale))

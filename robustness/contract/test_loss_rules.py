@@ -401,12 +401,31 @@ def test_terms_match_the_float64_reference(loss_target, contract_device, term, b
 _EMBEDDED = multitask_batches(terms=("base",), encoder_type="unifrac", embeddings=True)
 
 
+def _huge_embeddings() -> MultiTaskBatch:
+    """Rows near float64's finfo.max, whose sum overflows (a Gram form must not centre on it)."""
+    big = torch.finfo(torch.float64).max
+    rows = [[big], [1.3407807929942596e154], [big * (1 - 2**-52)]]
+    emb = torch.tensor(rows, dtype=torch.float64)
+    base = torch.full((3, 3), 1.3407807929942596e154, dtype=torch.float64)
+    return MultiTaskBatch(
+        outputs={"embeddings": emb},
+        targets={"base_target": base},
+        padded={"embeddings": torch.zeros(emb.shape, dtype=torch.bool)},
+        encoder_type="unifrac",
+    )
+
+
+# Found by `mutate`'s dev run on the Gram-form distances: the batch mean overflowed to inf.
+HUGE_EMBEDDINGS = _huge_embeddings()
+
+
 @pytest.mark.rule("C-DIST-1", term="base_loss")
 @given(
     batch=_EMBEDDED
     | multitask_batches(terms=("base",), encoder_type="unifrac", embeddings=True, kind="extreme")
 )
 @example(batch=DUPLICATES)
+@example(batch=HUGE_EMBEDDINGS)
 def test_pairwise_distances_match_the_float64_reference(loss_target, contract_device, batch):
     check_pairwise_distances(
         loss_target, _on(batch, contract_device, "base_loss"), term="base_loss"

@@ -756,6 +756,20 @@ def test_pairwise_distances_of_huge_embeddings_stay_finite(contract_device):
     assert distances[0, 1].item() == pytest.approx(math.sqrt(8) * 1e19, rel=1e-6)
 
 
+def test_pairwise_distances_near_finfo_max_are_exact_with_finite_gradients(contract_device):
+    # The batch mean of rows near finfo.max overflows when summed: the Gram form's centring
+    # must not turn that into NaN distances (or NaN gradients through the matrix product).
+    big = torch.finfo(F64).max
+    emb = torch.tensor([[big], [1.3407807929942596e154], [big * (1 - 2**-52)]], dtype=F64)
+    emb = emb.to(contract_device).requires_grad_(True)
+    distances = compute_pairwise_distances(emb)
+    column = emb.detach().cpu()
+    expected = (column - column.T).abs()  # D = 1: exact (cdist's squares would overflow)
+    torch.testing.assert_close(distances.detach().cpu(), expected, rtol=1e-15, atol=0.0)
+    (distances[0, 2] / big).backward()
+    assert torch.isfinite(emb.grad).all()
+
+
 def test_pairwise_distances_propagate_nan_rather_than_zero(contract_device):
     emb = torch.tensor([[math.nan, 0.0], [0.0, 0.0]], device=contract_device)
     assert math.isnan(compute_pairwise_distances(emb)[0, 1].item())
