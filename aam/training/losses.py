@@ -636,7 +636,10 @@ def _gram_distances(emb: Tensor, diagonal: Tensor) -> tuple[Tensor, Tensor]:
 def _direct_distances(left: Tensor, right: Tensor) -> Tensor:
     """``|left_k - right_k|`` per row, from direct differences, scaled and sqrt-guarded."""
     diff = left - right  # [K, D]
-    scale = diff.abs().amax(dim=-1)  # [K]
+    # The scale is a constant to autograd: ``s * sqrt(sum((diff / s)²))`` is ``|diff|`` for
+    # any s, and with s detached its gradient is ``(diff / s) / sqrt(q)``, finite; through s
+    # it would hold ``diff / s²``, inf once s² underflows (subnormal differences).
+    scale = diff.abs().amax(dim=-1).detach()  # [K]
     # "!= 0" rather than "> 0" so a NaN scale propagates instead of becoming distance 0.
     nonzero = scale != 0
     safe_scale = torch.where(nonzero, scale, torch.ones_like(scale))

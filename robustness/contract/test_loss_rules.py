@@ -417,6 +417,12 @@ def _huge_embeddings() -> MultiTaskBatch:
 
 # Found by `mutate`'s dev run on the Gram-form distances: the batch mean overflowed to inf.
 HUGE_EMBEDDINGS = _huge_embeddings()
+# Found by the thorough profile: subnormal rows, whose distance's gradient was inf (NaN before
+# the Gram form): the direct form's scale squared underflowed.
+SUBNORMAL_EMBEDDINGS = dataclasses.replace(
+    HUGE_EMBEDDINGS,
+    outputs={"embeddings": torch.tensor([[5e-324], [-5e-324], [0.0]], dtype=torch.float64)},
+)
 
 
 @pytest.mark.rule("C-DIST-1", term="base_loss")
@@ -426,6 +432,7 @@ HUGE_EMBEDDINGS = _huge_embeddings()
 )
 @example(batch=DUPLICATES)
 @example(batch=HUGE_EMBEDDINGS)
+@example(batch=SUBNORMAL_EMBEDDINGS)
 def test_pairwise_distances_match_the_float64_reference(loss_target, contract_device, batch):
     check_pairwise_distances(
         loss_target, _on(batch, contract_device, "base_loss"), term="base_loss"

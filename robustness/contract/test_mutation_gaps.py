@@ -15,6 +15,7 @@ import torch
 from hypothesis import given
 
 from robustness.errors import ContractViolation
+from robustness.properties._regress import _only_head
 from robustness.strategies import MultiTaskBatch, multitask_batches
 from robustness.target import LossTarget
 
@@ -66,9 +67,11 @@ def test_garbage_in_padded_truths_never_changes_a_value(loss_target, contract_de
     Kills ``selection-to-multiplication`` / ``guard-removed`` on the truth's ``where`` in
     count_loss and base_loss (``t = true * valid``: NaN * 0 = NaN).
     """
-    batch = batch.to(contract_device)
     if term != "total_loss" and term.removesuffix("_loss") not in batch.terms:
         return
+    # Per-term isolation: a per-term row computes only its own head (a bug in another term
+    # must not fail this row); total_loss keeps every head.
+    batch = _only_head(batch, term).to(contract_device)
     clean = _terms(loss_target, batch)[term]
     for name, fill in _FLOAT_FILLS:
         dirty = _terms(loss_target, _with_truth_garbage(batch, fill))[term]
@@ -119,10 +122,10 @@ def test_a_prediction_that_is_not_a_floating_tensor_raises_naming_the_term(
     check an integer prediction is silently accepted (or fails deep inside with an
     AttributeError that names nothing).
     """
-    batch = batch.to(contract_device)
     if key not in batch.outputs:
         return
     term = _PREDICTIONS[key]
+    batch = _only_head(batch, term).to(contract_device)  # per-term isolation
     outputs = dict(batch.outputs)
     outputs[key] = bad(outputs[key])
     loss = loss_target.make(**batch.loss_kwargs)
@@ -179,9 +182,9 @@ def test_ids_that_are_not_integers_and_complex_truths_raise_naming_the_term(
     Kills ``raise-removed`` in aam's ``_require_integer`` and ``_require_real``.
     """
     key, term, bad = _BAD_TARGETS[case]
-    batch = batch.to(contract_device)
     if key not in batch.targets or (key == "target" and not batch.is_classifier):
         return
+    batch = _only_head(batch, term).to(contract_device)  # per-term isolation
     targets = dict(batch.targets)
     targets[key] = bad(targets[key])
     loss = loss_target.make(**batch.loss_kwargs)
@@ -268,9 +271,9 @@ def test_count_predictions_with_more_than_one_column_raise_naming_the_term(
     this input and a silently averaged second column. Kills ``raise-removed`` in aam's
     ``_count_inputs``.
     """
-    batch = batch.to(contract_device)
     if "count_prediction" not in batch.outputs:
         return
+    batch = _only_head(batch, "count_loss").to(contract_device)  # per-term isolation
     outputs, targets = dict(batch.outputs), dict(batch.targets)
     outputs["count_prediction"] = outputs["count_prediction"].detach().repeat(1, 1, 2)
     targets["counts"] = targets["counts"].repeat(1, 1, 2)

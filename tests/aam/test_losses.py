@@ -770,6 +770,16 @@ def test_pairwise_distances_near_finfo_max_are_exact_with_finite_gradients(contr
     assert torch.isfinite(emb.grad).all()
 
 
+def test_pairwise_distances_of_subnormal_rows_have_finite_unit_gradients(contract_device):
+    # diff / scale² underflows to inf when the scale is subnormal: the scale is a constant.
+    tiny = 5e-324
+    emb = torch.tensor([[tiny], [-tiny]], dtype=F64, device=contract_device, requires_grad=True)
+    distances = compute_pairwise_distances(emb)
+    assert distances[0, 1].item() == 2 * tiny
+    distances[0, 1].backward()
+    assert emb.grad.flatten().tolist() == [1.0, -1.0]
+
+
 def test_pairwise_distances_propagate_nan_rather_than_zero(contract_device):
     emb = torch.tensor([[math.nan, 0.0], [0.0, 0.0]], device=contract_device)
     assert math.isnan(compute_pairwise_distances(emb)[0, 1].item())
