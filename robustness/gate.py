@@ -171,8 +171,13 @@ class _Collector:
 def _short_failure(report: Any) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     if crash is not None:
-        return str(crash.message)
+        # A violation's own text starts with its rule id; the exception's dotted class name
+        # that pytest puts before it says nothing to a reader.
+        return str(crash.message).removeprefix(_VIOLATION_PREFIX)
     return str(report.longrepr).strip().splitlines()[-1] if report.longrepr else "failed"
+
+
+_VIOLATION_PREFIX = "robustness.errors.ContractViolation: "
 
 
 class _Parser(argparse.ArgumentParser):
