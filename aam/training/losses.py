@@ -29,8 +29,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -215,13 +214,12 @@ def _valid_count(tensor: Tensor, valid: Tensor | None) -> int:
     return int(torch.broadcast_to(valid, tensor.shape).sum().item())
 
 
-@dataclass(frozen=True)
-class _PendingCheck:
-    """One term's finite/id checks: a float64 flag per check, not yet read.
+class _PendingCheck(NamedTuple):
+    """One term's finite/id checks: a 0-dim flag per check, not yet read.
 
-    A finite check's flag is 0 when every valid entry is finite and NaN otherwise; an id
-    check's flag counts the valid ids out of range. Only the error path computes which
-    entries are bad.
+    A finite check's flag is finite when every valid entry is finite (and non-finite
+    otherwise, or when a screen overflowed); an id check's flag counts the valid ids out of
+    range. Only the error path computes which entries are bad.
     """
 
     term: str
@@ -241,15 +239,15 @@ _ABSENT_TERMS: ContextVar[frozenset[str]] = ContextVar("_ABSENT_TERMS", default=
 
 
 def _finite_flag(tensor: Tensor, valid: Tensor | None) -> Tensor:
-    """0 when every valid entry of ``tensor`` is finite, else NaN: ``sum(x * 0)``.
+    """A float64 flag, finite when every valid entry of ``tensor`` is finite: their sum.
 
-    ``x * 0`` is 0 for every finite ``x`` and NaN for NaN and ±inf, so the sum never
-    overflows and needs no comparison, no mask of bad entries and no count (three ops
-    instead of eight on the small terms).
+    NaN and ±inf propagate into a sum and a float32 or half sum cannot overflow in float64,
+    so one ``where`` and one ``sum`` decide it (two ops, none without a mask). A float64 sum
+    of finite values may overflow: the error path then finds no bad entry and raises nothing.
     """
     if valid is not None:
         tensor = torch.where(valid, tensor, 0.0)
-    return (tensor * 0.0).sum(dtype=torch.float64)
+    return tensor.sum(dtype=torch.float64)
 
 
 def _check_values(
@@ -266,9 +264,10 @@ def _check_values(
 
     ``screens`` maps a key of ``finite`` to a smaller ``(tensor, valid)`` that is non-finite
     wherever the full tensor has a non-finite valid entry (e.g. its sums over the last
-    dimension: NaN and ±inf propagate into a sum). The normal path then reads only the
-    screen; a flagged screen is confirmed on the full tensor, so a finite sum that merely
-    overflowed raises nothing.
+    dimension, or the term's own value when every valid entry reaches it: NaN and ±inf
+    propagate into a sum of squares). The normal path then reads only the screen; a 0-dim
+    screen without a mask is read as it is (no op at all). A flagged screen is confirmed on
+    the full tensor, so a finite sum that merely overflowed raises nothing.
 
     ``clamped`` maps a key of ``ids`` to that tensor already clamped to ``[0, upper)`` (as
     the caller needs it for indexing anyway): an id is then out of range where the two
@@ -281,20 +280,24 @@ def _check_values(
     finite = [c for c in finite if c[1].is_floating_point()]
     flags: list[Tensor] = []
     ids_bad: list[Tensor] = []
-    with torch.no_grad():
-        for key, tensor, valid in finite:
-            if screens and key in screens:
-                tensor, valid = screens[key]
-            flags.append(_finite_flag(tensor, valid))
-        for key, tensor, valid, upper in ids:
-            if clamped and key in clamped:
-                bad = clamped[key] != tensor
-            else:
-                # A Python bound beyond the dtype's range would wrap (uint8 >= 300 is ">= 44").
-                too_big = tensor >= upper if upper <= torch.iinfo(tensor.dtype).max else None
-                bad = tensor < 0 if too_big is None else (tensor < 0) | too_big
-            ids_bad.append(bad if valid is None else bad.logical_and_(valid))
-            flags.append(ids_bad[-1].sum(dtype=torch.float64))
+    # No no_grad block (it costs as much as an op): the flags are taken of detached tensors,
+    # and a screen that is a term's value is only read, never differentiated.
+    for key, tensor, valid in finite:
+        if screens is not None and key in screens:
+            tensor, valid = screens[key]
+            if valid is None and tensor.ndim == 0:
+                flags.append(tensor)  # finite when fine: the flag needs no op
+                continue
+        flags.append(_finite_flag(tensor.detach(), valid))
+    for key, tensor, valid, upper in ids:
+        if clamped is not None and key in clamped:
+            bad = clamped[key] != tensor
+        else:
+            # A Python bound beyond the dtype's range would wrap (uint8 >= 300 is ">= 44").
+            too_big = tensor >= upper if upper <= torch.iinfo(tensor.dtype).max else None
+            bad = tensor < 0 if too_big is None else (tensor < 0) | too_big
+        ids_bad.append(bad if valid is None else bad.logical_and_(valid))
+        flags.append(ids_bad[-1].sum(dtype=torch.float64))
     if not flags:
         return
     pending = _PendingCheck(term, finite, ids, ids_bad, flags)
@@ -307,25 +310,31 @@ def _check_values(
 
 def _raise_pending(pending: Sequence[_PendingCheck]) -> None:
     """Read every queued flag back in one host sync; raise for the first bad entry."""
-    flags = [f for p in pending for f in p.flags]
-    if not flags:
-        return
-    with torch.no_grad():
-        # The one host sync: every flag of every queued term read back together.
-        host = (flags[0] if len(flags) == 1 else torch.stack(flags)).reshape(-1).tolist()
-    if not any(value != 0 for value in host):  # NaN != 0 too
-        return
-    offset = 0
+    # A screen shared by several checks (a term's value screens its prediction and its
+    # truth) is read once.
+    distinct: dict[int, Tensor] = {}
     for check in pending:
-        found = host[offset : offset + len(check.flags)]
-        offset += len(check.flags)
-        _raise_first(check, found)
+        for flag in check.flags:
+            distinct.setdefault(id(flag), flag)
+    if not distinct:
+        return
+    tensors = list(distinct.values())
+    # The one host sync: every flag of every queued term read back together (a flag may be
+    # a term's own value, float32 or float64: stack promotes).
+    if len(tensors) == 1:
+        values = [tensors[0].tolist()]
+    else:
+        with torch.no_grad():
+            values = torch.stack(tensors).tolist()
+    host = dict(zip(distinct, values, strict=True))
+    for check in pending:
+        _raise_first(check, [host[id(flag)] for flag in check.flags])
 
 
 def _raise_first(check: _PendingCheck, found: Sequence[float]) -> None:
     term, finite, ids = check.term, check.finite, check.ids
     for (key, tensor, valid), flag in zip(finite, found[: len(finite)], strict=True):
-        if flag == 0:
+        if math.isfinite(flag):
             continue
         # Error path only: find the bad entries on the full tensor (a flagged screen may
         # also be a finite sum that overflowed: then nothing is bad).
@@ -364,6 +373,19 @@ def _count_inputs(
         ValueError: on a shape mismatch, naming both shapes.
         NonFiniteOutputError: on NaN/inf at a valid ASV of the prediction or the truth.
     """
+    pred, true, valid = _count_shapes(count_pred, count_true, mask)
+    _check_values("count_loss", [("count_prediction", pred, valid), ("counts", true, valid)])
+    return pred, true, valid
+
+
+def _count_shapes(
+    count_pred: Tensor, count_true: Tensor, mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_count_inputs` without the values check (the caller screens the values).
+
+    Raises:
+        ValueError: on a shape mismatch, naming both shapes.
+    """
     term = "count_loss"
     pred = _require_tensor(term, "count_prediction", count_pred)
     true = _require_tensor(term, "counts", count_true)
@@ -381,8 +403,18 @@ def _count_inputs(
         )
     _require_same_device(term, [("count_prediction", pred), ("counts", true), ("mask", mask)])
     valid = (mask if mask.dtype == torch.bool else mask != 0).unsqueeze(-1)
-    _check_values(term, [("count_prediction", pred, valid), ("counts", true, valid)])
     return pred, true, valid
+
+
+def _screened_by(value: Tensor, *keys: str) -> dict[str, tuple[Tensor, None]]:
+    """``screens`` for :func:`_check_values`: ``value`` (a term) screens each of ``keys``.
+
+    A mean of squares (or of absolute values) of the valid differences is non-finite
+    whenever a valid entry of either side is: NaN and ±inf survive the selection, the
+    difference (``inf - inf`` is NaN), the square and the sum of non-negative terms. A finite
+    mean that overflowed is confirmed on the full tensors and raises nothing.
+    """
+    return {key: (value, None) for key in keys}
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,6 +465,18 @@ def _mse(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
     """``mean((pred - true)**2)`` of already-selected inputs, scaled by ``_pow2_scales``."""
     diff = (pred - true) * pre
     return (diff * diff).sum() * post
+
+
+def _mean_square(diff: Tensor, bound: int, count: Tensor) -> Tensor:
+    """``sum(diff**2) / count`` for ``count <= bound`` selected entries (0 where none).
+
+    ``diff`` holds 0 at unselected entries. ``pre`` comes from the host-side ``bound`` (see
+    :func:`_pow2_scales_bounded`), and the sum is divided by the count before ``2**p``
+    restores the scale: one rounding, as ``sum / count`` has, no op to build the scale.
+    """
+    pre, _ = _pow2_scales(bound, squared=True)
+    scaled = diff * pre
+    return (scaled * scaled).sum() / count.clamp(min=1) * (1.0 / (pre * pre))
 
 
 def _mae(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
@@ -746,13 +790,21 @@ class MultiTaskLoss(nn.Module):
             return self._classification_loss(pred, true)
         _require_real(term, "target", true)
         _require_same_shape(term, "target_prediction", pred, "target", true)
-        _check_values(term, [("target_prediction", pred, None), ("target", true, None)])
         dtype = _compute_dtype(pred, true)
         p, t = pred.to(dtype), true.to(dtype)
         if self.target_loss_type == "mse":
-            return _mse(p, t, *_pow2_scales(pred.numel(), squared=True))
-        reduce = _mae if self.target_loss_type == "mae" else _huber
-        return reduce(p, t, *_pow2_scales(pred.numel(), squared=False))
+            loss = _mse(p, t, *_pow2_scales(pred.numel(), squared=True))
+        else:
+            reduce = _mae if self.target_loss_type == "mae" else _huber
+            loss = reduce(p, t, *_pow2_scales(pred.numel(), squared=False))
+        # Every entry reaches the loss (MSE, MAE and Huber all keep NaN and ±inf), so the
+        # loss screens both tensors.
+        _check_values(
+            term,
+            [("target_prediction", pred, None), ("target", true, None)],
+            screens=_screened_by(loss, "target_prediction", "target"),
+        )
+        return loss
 
     def _classification_loss(self, pred: Tensor, ids: Tensor) -> Tensor:
         term = "target_loss"
@@ -774,13 +826,17 @@ class MultiTaskLoss(nn.Module):
                 f"{term}: class_weights has {weights.shape[0]} entries but target_prediction "
                 f"has K={num_classes} classes {_shape(pred)}; give one weight per class"
             )
-        _check_values(
-            term, [("target_prediction", pred, None)], [("target", ids, None, num_classes)]
-        )
         dtype = _compute_dtype(pred)
         # Clamped for indexing only: inside forward the range check is still queued, and an
         # out-of-range index would be a bare IndexError (a device-side assert on cuda).
         ids_long = ids.long().clamp(0, num_classes - 1)
+        # Only the picked log-probabilities reach the loss: the whole prediction is checked.
+        _check_values(
+            term,
+            [("target_prediction", pred, None)],
+            [("target", ids, None, num_classes)],
+            clamped={"target": ids_long},
+        )
         nll = -pred.to(dtype).gather(1, ids_long.unsqueeze(1)).squeeze(1)  # [B]
         if weights is None:
             pre, post = _pow2_scales(nll.shape[0], squared=False)
@@ -818,12 +874,15 @@ class MultiTaskLoss(nn.Module):
             ValueError: on a shape mismatch, naming both shapes.
             NonFiniteOutputError: on NaN/inf at a valid ASV of the prediction or the truth.
         """
-        pred, true, valid = _count_inputs(count_pred, count_true, mask)
+        pred, true, valid = _count_shapes(count_pred, count_true, mask)
         dtype = _compute_dtype(pred, true)
-        p = torch.where(valid, pred.to(dtype), 0.0)
-        t = torch.where(valid, true.to(dtype), 0.0)
-        count = torch.count_nonzero(valid).to(dtype)
-        return _mse(p, t, *_pow2_scales_bounded(valid.numel(), count, squared=True))
+        # Selected after the subtraction: a padded position's difference may be NaN, but
+        # where passes it neither to the value nor (its gradient there is exactly 0) back.
+        diff = torch.where(valid, pred.to(dtype) - true.to(dtype), 0.0)
+        loss = _mean_square(diff, valid.numel(), torch.count_nonzero(valid))
+        checks: list[_FiniteCheck] = [("count_prediction", pred, valid), ("counts", true, valid)]
+        _check_values("count_loss", checks, screens=_screened_by(loss, "count_prediction", "counts"))
+        return loss
 
     # ---------------------------------------------------------------------------- base
 
