@@ -32,6 +32,7 @@ from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -333,6 +334,8 @@ def _raise_pending(pending: Sequence[_PendingCheck]) -> None:
 
 def _raise_first(check: _PendingCheck, found: Sequence[float]) -> None:
     term, finite, ids = check.term, check.finite, check.ids
+    if all(map(math.isfinite, found[: len(finite)])) and not any(found[len(finite) :]):
+        return
     for (key, tensor, valid), flag in zip(finite, found[: len(finite)], strict=True):
         if math.isfinite(flag):
             continue
@@ -470,13 +473,17 @@ def _mse(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
 def _mean_square(diff: Tensor, bound: int, count: Tensor) -> Tensor:
     """``sum(diff**2) / count`` for ``count <= bound`` selected entries (0 where none).
 
+    ``count`` is a 0-dim tensor in ``diff``'s dtype (no host sync).
+
     ``diff`` holds 0 at unselected entries. ``pre`` comes from the host-side ``bound`` (see
-    :func:`_pow2_scales_bounded`), and the sum is divided by the count before ``2**p``
-    restores the scale: one rounding, as ``sum / count`` has, no op to build the scale.
+    :func:`_pow2_scales_bounded`), and the sum is divided by ``count * pre**2``: one
+    rounding, as ``sum / count`` has, and one node fewer in the backward than a separate
+    rescale.
     """
     pre, _ = _pow2_scales(bound, squared=True)
     scaled = diff * pre
-    return (scaled * scaled).sum() / count.clamp(min=1) * (1.0 / (pre * pre))
+    # count * pre**2 is exact (a power-of-two scaling of an integer): one division rounds.
+    return (scaled * scaled).sum() / (count.clamp(min=1.0) * (pre * pre))
 
 
 def _mae(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
@@ -793,7 +800,12 @@ class MultiTaskLoss(nn.Module):
         dtype = _compute_dtype(pred, true)
         p, t = pred.to(dtype), true.to(dtype)
         if self.target_loss_type == "mse":
-            loss = _mse(p, t, *_pow2_scales(pred.numel(), squared=True))
+            pre, _ = _pow2_scales(pred.numel(), squared=True)
+            # mse_loss of the pre-scaled sides (scaling by a power of two is exact, and
+            # commutes with the difference's rounding): one fused op and one backward node;
+            # its mean rounds once and the rescale by 2**p is exact.
+            scaled_true = t if pre == 1.0 else t * pre
+            loss = F.mse_loss(p * pre, scaled_true) * (1.0 / (pre * pre))
         else:
             reduce = _mae if self.target_loss_type == "mae" else _huber
             loss = reduce(p, t, *_pow2_scales(pred.numel(), squared=False))
@@ -879,7 +891,7 @@ class MultiTaskLoss(nn.Module):
         # Selected after the subtraction: a padded position's difference may be NaN, but
         # where passes it neither to the value nor (its gradient there is exactly 0) back.
         diff = torch.where(valid, pred.to(dtype) - true.to(dtype), 0.0)
-        loss = _mean_square(diff, valid.numel(), torch.count_nonzero(valid))
+        loss = _mean_square(diff, valid.numel(), torch.count_nonzero(valid).to(dtype))
         checks: list[_FiniteCheck] = [("count_prediction", pred, valid), ("counts", true, valid)]
         _check_values("count_loss", checks, screens=_screened_by(loss, "count_prediction", "counts"))
         return loss
@@ -1146,7 +1158,9 @@ class MultiTaskLoss(nn.Module):
             if term in absent:
                 continue
             value = losses[term]
-            if weight != 0.0:
+            if weight == 1.0:
+                part = value  # 1 * value is value, bit for bit: no op, no backward node
+            elif weight != 0.0:
                 part = weight * value
             else:
                 if off is None:
