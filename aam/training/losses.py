@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "ENCODER_TYPES",
@@ -607,12 +609,16 @@ def compute_pairwise_distances(embeddings: Tensor) -> Tensor:
     lose digits to cancellation (``d² < (|u_i|² + |u_j|²) / 2``: rows close together
     against their distance from the batch's centre) the distance is recomputed exactly
     from direct differences, scaled by the pair's largest component so neither squares of
-    huge values overflow nor squares of tiny ones underflow, with ``sqrt`` guarded by a
-    double :func:`torch.where`: identical rows give distance exactly 0 with gradient 0,
-    rows 1e-6 apart give ~1e-6 with a non-zero gradient. NaN/inf rows give non-finite
-    distances (never a silent 0). On the cpu only the flagged pairs are recomputed (picked
-    with :func:`torch.nonzero`, which costs no device sync there); on other devices, where
-    it would, every pair is computed directly.
+    huge values overflow nor squares of tiny ones underflow: identical rows give distance
+    exactly 0 with gradient 0, rows 1e-6 apart give ~1e-6 with a non-zero gradient. NaN/inf
+    rows give non-finite distances (never a silent 0). On the cpu only the flagged pairs are
+    recomputed (picked with :func:`torch.nonzero`, which costs no device sync there); on
+    other devices, where it would, every pair is computed directly.
+
+    The backward is written out (:class:`_PairwiseDistances`): the gradient of row ``i`` is
+    ``sum_j (G_ij + G_ji) (u_i - u_j) / |u_i - u_j|``, from the Gram form's rows for the
+    pairs it computed and from the exact unit directions for the recomputed ones (0 for
+    identical rows). Double backward raises (the function is once differentiable).
 
     Args:
         embeddings: ``[B, D]`` floating tensor, ``D >= 1``.
@@ -625,6 +631,16 @@ def compute_pairwise_distances(embeddings: Tensor) -> Tensor:
         TypeError: if ``embeddings`` is not a tensor.
         ValueError: if it is not 2-D floating with at least one feature.
     """
+    return _pairwise_distances(embeddings)[0]
+
+
+def _pairwise_distances(embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
+    """:func:`compute_pairwise_distances` and a screen of the embeddings (see ``_check_values``).
+
+    The screen is a 0-dim tensor, finite exactly when every embedding is finite (the
+    largest centred component: NaN and ±inf reach it, finite rows cannot overflow it), or
+    ``None`` for an empty batch.
+    """
     term = "compute_pairwise_distances"
     _require_tensor(term, "embeddings", embeddings)
     _require_floating(term, "embeddings", embeddings)
@@ -633,72 +649,106 @@ def compute_pairwise_distances(embeddings: Tensor) -> Tensor:
             f"{term}: embeddings must be [B, D] with D >= 1, got shape {_shape(embeddings)}"
         )
     emb = embeddings.to(_compute_dtype(embeddings))
-    size = emb.shape[0]
-    if size == 0:
-        return emb.new_zeros((0, 0)) + emb.sum() * 0.0  # still a function of the input
-    diagonal = torch.eye(size, dtype=torch.bool, device=emb.device)
-    upper = torch.triu(~diagonal)
-    if emb.device.type != "cpu":
-        rows, cols = _upper_pairs(size, emb.device)
-        direct = _direct_distances(emb[rows], emb[cols])
-        return _symmetric(size, rows, cols, direct, emb)
-    gram, flagged = _gram_distances(emb, diagonal)
-    rows, cols = (flagged & upper).nonzero(as_tuple=True)
-    direct = _direct_distances(emb[rows], emb[cols])
-    out = gram.index_put((rows, cols), direct).index_put((cols, rows), direct)
-    return torch.where(diagonal, torch.zeros_like(out), out)
+    if emb.shape[0] == 0:
+        return emb.new_zeros((0, 0)) + emb.sum() * 0.0, None  # still a function of the input
+    distances: Tensor
+    screen: Tensor
+    distances, screen = _PairwiseDistances.apply(emb)  # type: ignore[no-untyped-call]
+    return distances, screen
 
 
-def _upper_pairs(size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    pairs = torch.triu_indices(size, size, offset=1, device=device)
-    return pairs[0], pairs[1]
+class _PairwiseDistances(torch.autograd.Function):
+    """``[B, D] -> [B, B]`` distances (Gram form, exact where it could cancel) and a screen.
 
+    Forward, without a graph: rows are centred on the batch mean and scaled by the largest
+    centred component, both on halves (``x/2 - m/2`` cannot overflow), so the squares stay
+    finite and normal; the mean is pre-scaled (``sum(x / 2B)``), since summing rows near
+    ``finfo.max`` first would overflow. A pair is flagged where
+    ``d² <= (|u_i|² + |u_j|²) / 2``; elsewhere the rounding of the three terms (each about
+    ``eps·sqrt(D)·|u|²``) is amplified at most twofold in ``d²``. Flagged pairs (every pair
+    off the cpu) are recomputed from direct differences (:func:`_direct_distances`).
 
-def _symmetric(size: int, rows: Tensor, cols: Tensor, values: Tensor, like: Tensor) -> Tensor:
-    out = torch.zeros((size, size), dtype=values.dtype, device=like.device)
-    return out.index_put((rows, cols), values).index_put((cols, rows), values)
-
-
-def _gram_distances(emb: Tensor, diagonal: Tensor) -> tuple[Tensor, Tensor]:
-    """Distances of every pair by the Gram form, and the pairs whose value is not trusted.
-
-    Rows are centred on the batch mean and scaled by the largest centred component, both on
-    halves (``x/2 - m/2`` cannot overflow), so the squares stay finite and normal. The mean
-    is pre-scaled (``sum(x / 2B)``): summing rows near ``finfo.max`` first would overflow to
-    inf and make every ``u`` NaN, and NaN gradients through the matrix product. A pair is
-    flagged where ``d² <= (|u_i|² + |u_j|²) / 2``; elsewhere the rounding of the three terms
-    (each about ``eps·sqrt(D)·|u|²``) is amplified at most twofold in ``d²``.
+    Backward writes ``grad_i = sum_j W_ij (u_i - u_j)`` as ``u_i * sum_j W_ij - (W @ u)_i``
+    with ``W = (G + G^T) / |u_i - u_j|`` on the Gram pairs (where ``|u_i - u_j|`` is not
+    small against the rows, so nothing cancels badly), plus ``(G_ij + G_ji)`` times the
+    exact unit direction of each recomputed pair, which is 0 for identical rows. The
+    centre and the scale do not change a distance, so no gradient flows through them.
     """
-    with torch.no_grad():
-        centre = (emb * (0.5 / emb.shape[0])).sum(dim=0, keepdim=True)
-        scale = (emb * 0.5 - centre).abs().amax()
-        usable = (scale > 0) & torch.isfinite(scale)
-        safe_scale = torch.where(usable, scale, torch.ones_like(scale))
-    u = (emb * 0.5 - centre) / safe_scale
-    norms = (u * u).sum(dim=1)
-    pair_norms = norms.unsqueeze(1) + norms.unsqueeze(0)
-    squared = pair_norms - 2.0 * (u @ u.T)
-    # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
-    flagged = (squared <= pair_norms * 0.5) | diagonal
-    safe = torch.where(flagged, torch.ones_like(squared), squared)
-    return torch.where(flagged, 0.0, torch.sqrt(safe) * (2.0 * safe_scale)), flagged
+
+    @staticmethod
+    def forward(ctx: Any, emb: Tensor) -> tuple[Tensor, Tensor]:
+        size = emb.shape[0]
+        centre = (emb * (0.5 / size)).sum(dim=0, keepdim=True)
+        half = emb * 0.5 - centre
+        scale = half.abs().amax()
+        # NaN compares False: NaN rows keep NaN (through ``half``), never a silent 0.
+        safe_scale = torch.where(scale > 0, scale, 1.0)
+        u = half.div_(safe_scale)
+        norms = (u * u).sum(dim=1)
+        pair_norms = norms.unsqueeze(1) + norms.unsqueeze(0)
+        squared = torch.sub(pair_norms, u @ u.T, alpha=2.0)
+        # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
+        flagged = squared <= pair_norms.mul_(0.5)
+        gram_units = squared.clamp_(min=0.0).sqrt_()  # |u_i - u_j| of the Gram pairs
+        distances = gram_units * (2.0 * safe_scale)
+        if emb.device.type == "cpu":
+            rows, cols = torch.triu(flagged, diagonal=1).nonzero(as_tuple=True)
+        else:
+            pairs = torch.triu_indices(size, size, offset=1, device=emb.device)
+            rows, cols = pairs[0], pairs[1]
+            flagged.fill_(True)
+        units = emb.new_zeros((0, emb.shape[1]))
+        if rows.numel():  # a host-side size on the cpu: no sync
+            direct, units = _direct_distances(emb[rows], emb[cols])
+            distances.index_put_((rows, cols), direct).index_put_((cols, rows), direct)
+        distances.diagonal().zero_()
+        ctx.save_for_backward(u, gram_units, flagged, rows, cols, units)
+        ctx.mark_non_differentiable(scale)
+        return distances, scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor, grad_screen: Tensor | None) -> Tensor:
+        u, gram_units, flagged, rows, cols, units = ctx.saved_tensors
+        both = grad + grad.T
+        weights = torch.where(flagged, 0.0, both / gram_units)
+        out = torch.addmm(u * weights.sum(dim=1, keepdim=True), weights, u, alpha=-1.0)
+        if rows.numel():
+            along = both[rows, cols].unsqueeze(1) * units
+            out.index_add_(0, rows, along).index_add_(0, cols, along, alpha=-1.0)
+        return out
 
 
-def _direct_distances(left: Tensor, right: Tensor) -> Tensor:
-    """``|left_k - right_k|`` per row, from direct differences, scaled and sqrt-guarded."""
+@functools.lru_cache(maxsize=32)
+def _cached_off_diagonal(size: int, device: torch.device) -> Tensor:
+    return ~torch.eye(size, dtype=torch.bool, device=device)
+
+
+def _off_diagonal(size: int, device: torch.device) -> Tensor:
+    """``[B, B]`` bool, True off the diagonal; cached per size and device (it depends on
+    nothing else, is only read, and never leaves this module). Not cached under
+    inference mode, whose tensors autograd could not save later."""
+    if torch.is_inference_mode_enabled():
+        return ~torch.eye(size, dtype=torch.bool, device=device)
+    return _cached_off_diagonal(size, device)
+
+
+def _direct_distances(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+    """``|left_k - right_k|`` per row from direct differences, and its unit direction.
+
+    The difference is scaled by its largest component, so neither squares of huge values
+    overflow nor squares of tiny ones (subnormal differences) underflow; the direction is
+    0 where the rows are identical (distance 0, gradient 0).
+    """
     diff = left - right  # [K, D]
-    # The scale is a constant to autograd: ``s * sqrt(sum((diff / s)²))`` is ``|diff|`` for
-    # any s, and with s detached its gradient is ``(diff / s) / sqrt(q)``, finite; through s
-    # it would hold ``diff / s²``, inf once s² underflows (subnormal differences).
-    scale = diff.abs().amax(dim=-1).detach()  # [K]
+    scale = diff.abs().amax(dim=-1, keepdim=True)  # [K, 1]
     # "!= 0" rather than "> 0" so a NaN scale propagates instead of becoming distance 0.
     nonzero = scale != 0
-    safe_scale = torch.where(nonzero, scale, torch.ones_like(scale))
-    ratio = diff / safe_scale.unsqueeze(-1)
-    # When scale != 0 the largest |ratio| is 1, so the sum is >= 1: sqrt is differentiable.
-    sq = (ratio * ratio).sum(dim=-1)
-    safe_sq = torch.where(nonzero, sq, torch.ones_like(sq))
-    return torch.where(nonzero, safe_scale * torch.sqrt(safe_sq), torch.zeros_like(sq))
+    ratio = diff / torch.where(nonzero, scale, 1.0)
+    # When scale != 0 the largest |ratio| is 1, so the norm is >= 1.
+    norm = (ratio * ratio).sum(dim=-1, keepdim=True).sqrt_()
+    units = torch.where(nonzero, ratio / torch.where(nonzero, norm, 1.0), 0.0)
+    return (scale * norm).squeeze(-1), units
 
 
 # --------------------------------------------------------------------------------------------
@@ -924,8 +974,11 @@ class MultiTaskLoss(nn.Module):
         base_true: Tensor,
         encoder_type: str,
         pred_key: str,
-        source: tuple[str, Tensor] | None = None,
+        source: tuple[str, Tensor, Tensor | None] | None = None,
     ) -> Tensor:
+        """The base term; ``source`` is ``(key, embeddings, screen)`` when ``base_pred`` are
+        their pairwise distances (see :func:`_pairwise_distances`): then the embeddings are
+        checked, not the distances."""
         term = "base_loss"
         _validate_encoder_type(encoder_type)
         pred = _require_tensor(term, pred_key, base_pred)
@@ -933,7 +986,6 @@ class MultiTaskLoss(nn.Module):
         _require_floating(term, pred_key, pred)
         _require_real(term, "base_target", true)
         _require_same_device(term, [(pred_key, pred), ("base_target", true)])
-        sources: list[_FiniteCheck] = [] if source is None else [(source[0], source[1], None)]
         dtype = _compute_dtype(pred, true)
         if encoder_type == "faith_pd":
             if pred.ndim != 2 or pred.shape[1] != 1 or pred.shape != true.shape:
@@ -941,9 +993,9 @@ class MultiTaskLoss(nn.Module):
                     f"{term}: faith_pd expects {pred_key} and base_target [B, 1], got "
                     f"{pred_key} {_shape(pred)} and base_target {_shape(true)}"
                 )
-            _check_values(term, [*sources, (pred_key, pred, None), ("base_target", true, None)])
-            scales = _pow2_scales(pred.shape[0], squared=True)
-            return _mse(pred.to(dtype), true.to(dtype), *scales)
+            loss = _mse(pred.to(dtype), true.to(dtype), *_pow2_scales(pred.shape[0], squared=True))
+            self._check_base(loss, pred_key, pred, true, None, source)
+            return loss
         if pred.ndim != 2 or pred.shape[0] != pred.shape[1] or pred.shape != true.shape:
             raise ValueError(
                 f"{term}: {pred_key} shape {_shape(pred)} does not match base_target "
@@ -952,15 +1004,39 @@ class MultiTaskLoss(nn.Module):
             )
         size = pred.shape[0]
         # Off-diagonal entries only: the diagonal of a predicted distance matrix is padding.
-        valid = ~torch.eye(size, dtype=torch.bool, device=pred.device)
-        # Distances computed here from finite embeddings may still overflow (rows near
-        # finfo.max apart): that is an inf loss, as the float64 reference has, not a
-        # non-finite model output. Only the model's own outputs are checked.
-        checked: list[_FiniteCheck] = sources or [(pred_key, pred, valid)]
-        _check_values(term, [*checked, ("base_target", true, valid)])
-        p = torch.where(valid, pred.to(dtype), 0.0)
-        t = torch.where(valid, true.to(dtype), 0.0)
-        return _mse(p, t, *_pow2_scales(size * (size - 1), squared=True))
+        valid = _off_diagonal(size, pred.device)
+        diff = torch.where(valid, pred.to(dtype) - true.to(dtype), 0.0)
+        pre, post = _pow2_scales(size * (size - 1), squared=True)
+        scaled = diff * pre
+        loss = (scaled * scaled).sum() * post
+        self._check_base(loss, pred_key, pred, true, valid, source)
+        return loss
+
+    @staticmethod
+    def _check_base(
+        loss: Tensor,
+        pred_key: str,
+        pred: Tensor,
+        true: Tensor,
+        valid: Tensor | None,
+        source: tuple[str, Tensor, Tensor | None] | None,
+    ) -> None:
+        # The loss screens every valid entry of both sides. Distances computed here from
+        # finite embeddings may still overflow (rows near finfo.max apart): that is an inf
+        # loss, as the float64 reference has, not a non-finite model output, so with a
+        # source only the embeddings are checked, screened by their own flag (the loss
+        # misses them at B = 1, where no pair reaches it).
+        checks: list[_FiniteCheck] = [("base_target", true, valid)]
+        screens: dict[str, tuple[Tensor, Tensor | None]] = {"base_target": (loss, None)}
+        if source is None:
+            checks.insert(0, (pred_key, pred, valid))
+            screens[pred_key] = (loss, None)
+        else:
+            key, embeddings, screen = source
+            checks.insert(0, (key, embeddings, None))
+            if screen is not None:
+                screens[key] = (screen, None)
+        _check_values("base_loss", checks, screens=screens)
 
     # ---------------------------------------------------------------------------- nucleotide
 
@@ -1120,12 +1196,13 @@ class MultiTaskLoss(nn.Module):
             )
         if use_embeddings:
             embeddings = _require_tensor("base_loss", "embeddings", outputs["embeddings"])
+            distances, screen = _pairwise_distances(embeddings)
             losses["base_loss"] = self._base_loss(
-                compute_pairwise_distances(embeddings),
+                distances,
                 targets["base_target"],
                 encoder_type,
                 "base_prediction (pairwise distances of embeddings)",
-                source=("embeddings", embeddings),
+                source=("embeddings", embeddings, screen),
             )
         elif present["base_loss"]:
             losses["base_loss"] = self.compute_base_loss(
