@@ -30,12 +30,11 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 __all__ = [
     "ENCODER_TYPES",
@@ -324,8 +323,9 @@ def _raise_pending(pending: Sequence[_PendingCheck]) -> None:
     tensors = list(distinct.values())
     # The one host sync: every flag of every queued term read back together (a flag may be
     # a term's own value, float32 or float64: stack promotes).
+    values: list[float]
     if len(tensors) == 1:
-        values = [tensors[0].tolist()]
+        values = [cast(float, tensors[0].tolist())]  # 0-dim: a Python float
     else:
         with torch.no_grad():
             values = torch.stack(tensors).tolist()
@@ -618,7 +618,8 @@ def compute_pairwise_distances(embeddings: Tensor) -> Tensor:
     The backward is written out (:class:`_PairwiseDistances`): the gradient of row ``i`` is
     ``sum_j (G_ij + G_ji) (u_i - u_j) / |u_i - u_j|``, from the Gram form's rows for the
     pairs it computed and from the exact unit directions for the recomputed ones (0 for
-    identical rows). Double backward raises (the function is once differentiable).
+    identical rows). Under ``create_graph=True`` the backward is recomputed with
+    differentiable ops, so double backward works.
 
     Args:
         embeddings: ``[B, D]`` floating tensor, ``D >= 1``.
@@ -702,20 +703,27 @@ class _PairwiseDistances(torch.autograd.Function):
             direct, units = _direct_distances(emb[rows], emb[cols])
             distances.index_put_((rows, cols), direct).index_put_((cols, rows), direct)
         distances.diagonal().zero_()
-        ctx.save_for_backward(u, gram_units, flagged, rows, cols, units)
+        ctx.save_for_backward(emb, u, gram_units, flagged, rows, cols, units, centre, safe_scale)
         ctx.mark_non_differentiable(scale)
         return distances, scale
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: Tensor, grad_screen: Tensor | None) -> Tensor:
-        u, gram_units, flagged, rows, cols, units = ctx.saved_tensors
+        emb, u, gram_units, flagged, rows, cols, units, centre, scale = ctx.saved_tensors
         both = grad + grad.T
+        if torch.is_grad_enabled():
+            # create_graph=True: the same gradient from differentiable ops (double backward).
+            u = (emb * 0.5 - centre) / scale
+            norms = (u * u).sum(dim=1)
+            squared = norms.unsqueeze(1) + norms.unsqueeze(0) - 2.0 * (u @ u.T)
+            gram_units = torch.where(flagged, 1.0, squared).sqrt()
+            if rows.numel():
+                units = _direct_distances(emb[rows], emb[cols])[1]
         weights = torch.where(flagged, 0.0, both / gram_units)
         out = torch.addmm(u * weights.sum(dim=1, keepdim=True), weights, u, alpha=-1.0)
         if rows.numel():
             along = both[rows, cols].unsqueeze(1) * units
-            out.index_add_(0, rows, along).index_add_(0, cols, along, alpha=-1.0)
+            out = out.index_add(0, rows, along).index_add(0, cols, along, alpha=-1.0)
         return out
 
 
@@ -725,9 +733,11 @@ def _cached_off_diagonal(size: int, device: torch.device) -> Tensor:
 
 
 def _off_diagonal(size: int, device: torch.device) -> Tensor:
-    """``[B, B]`` bool, True off the diagonal; cached per size and device (it depends on
-    nothing else, is only read, and never leaves this module). Not cached under
-    inference mode, whose tensors autograd could not save later."""
+    """``[B, B]`` bool, True off the diagonal, cached per size and device.
+
+    It depends on nothing else, is only read, and never leaves this module. Not cached
+    under inference mode, whose tensors autograd could not save later.
+    """
     if torch.is_inference_mode_enabled():
         return ~torch.eye(size, dtype=torch.bool, device=device)
     return _cached_off_diagonal(size, device)
@@ -741,7 +751,10 @@ def _direct_distances(left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
     0 where the rows are identical (distance 0, gradient 0).
     """
     diff = left - right  # [K, D]
-    scale = diff.abs().amax(dim=-1, keepdim=True)  # [K, 1]
+    # The scale is a constant to autograd (double backward differentiates the direction):
+    # ``diff / s`` over its norm is the same for any s, and through s the gradient would
+    # hold ``diff / s²``, inf once s² underflows (subnormal differences).
+    scale = diff.abs().amax(dim=-1, keepdim=True).detach()  # [K, 1]
     # "!= 0" rather than "> 0" so a NaN scale propagates instead of becoming distance 0.
     nonzero = scale != 0
     ratio = diff / torch.where(nonzero, scale, 1.0)
@@ -943,7 +956,9 @@ class MultiTaskLoss(nn.Module):
         diff = torch.where(valid, pred.to(dtype) - true.to(dtype), 0.0)
         loss = _mean_square(diff, valid.numel(), torch.count_nonzero(valid).to(dtype))
         checks: list[_FiniteCheck] = [("count_prediction", pred, valid), ("counts", true, valid)]
-        _check_values("count_loss", checks, screens=_screened_by(loss, "count_prediction", "counts"))
+        _check_values(
+            "count_loss", checks, screens=_screened_by(loss, "count_prediction", "counts")
+        )
         return loss
 
     # ---------------------------------------------------------------------------- base
@@ -976,9 +991,12 @@ class MultiTaskLoss(nn.Module):
         pred_key: str,
         source: tuple[str, Tensor, Tensor | None] | None = None,
     ) -> Tensor:
-        """The base term; ``source`` is ``(key, embeddings, screen)`` when ``base_pred`` are
-        their pairwise distances (see :func:`_pairwise_distances`): then the embeddings are
-        checked, not the distances."""
+        """The base term of a prediction, or of ``source``'s pairwise distances.
+
+        ``source`` is ``(key, embeddings, screen)`` when ``base_pred`` are their pairwise
+        distances (see :func:`_pairwise_distances`): then the embeddings are checked, not
+        the distances.
+        """
         term = "base_loss"
         _validate_encoder_type(encoder_type)
         pred = _require_tensor(term, pred_key, base_pred)

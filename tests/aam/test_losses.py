@@ -651,6 +651,53 @@ def test_forward_reads_the_host_once_and_backward_never(monkeypatch):
     assert reads == []
 
 
+class _TensorOps(torch.overrides.TorchFunctionMode):
+    """Records the torch functions and Tensor methods called, less metadata queries."""
+
+    METADATA = frozenset(
+        {"__get__", "is_floating_point", "is_complex", "numel", "dim", "promote_types"}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if name not in self.METADATA:
+            self.names.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+# Issue 13 item 3: at B = 16 a small term costs about as much per tensor op as per element,
+# so these budgets are the measured counts of forward (every op of the term, the exact 0 of
+# the absent heads, the total, the one host read). An op added here must pay for itself.
+OP_BUDGETS = [
+    pytest.param(
+        {"count_prediction": (16, 32, 1)},
+        {"counts": (16, 32, 1), "mask": (16, 32)},
+        15,
+        id="count",
+    ),
+    pytest.param({"target_prediction": (16, 1)}, {"target": (16, 1)}, 8, id="target"),
+    pytest.param({"base_prediction": (16, 16)}, {"base_target": (16, 16)}, 10, id="base"),
+]
+
+
+@pytest.mark.parametrize(("outputs", "targets", "budget"), OP_BUDGETS)
+def test_small_terms_forward_within_their_tensor_op_budget(outputs, targets, budget):
+    gen = torch.Generator().manual_seed(24)
+    out = {k: torch.randn(s, generator=gen).requires_grad_() for k, s in outputs.items()}
+    tgt = {k: torch.randn(s, generator=gen) for k, s in targets.items()}
+    if "mask" in tgt:
+        tgt["mask"] = tgt["mask"] > 0
+    loss = MultiTaskLoss()
+    loss(out, tgt)  # warm-up (cached per-shape state)
+    with _TensorOps() as ops:
+        loss(out, tgt)
+    assert len(ops.names) <= budget, ops.names
+
+
 @pytest.mark.parametrize("device", device_params("cuda"))
 def test_forward_syncs_once_and_backward_never_on_cuda(device):
     batch = make_batch(device=device, seed=22, classifier=True)
@@ -788,6 +835,50 @@ def test_pairwise_distances_propagate_nan_rather_than_zero(contract_device):
 def test_pairwise_distances_of_a_single_sample(contract_device):
     emb = torch.randn(1, 3, device=contract_device)
     assert torch.equal(compute_pairwise_distances(emb), torch.zeros(1, 1, device=contract_device))
+
+
+def _rows_with_a_recomputed_pair(device: torch.device | str) -> torch.Tensor:
+    # 6 random rows plus a pair 1e-3 apart far from the centre: the Gram form flags that
+    # pair (recomputed from direct differences), the others come from the matrix product.
+    gen = torch.Generator().manual_seed(41)
+    emb = torch.randn(8, 5, generator=gen, dtype=F64)
+    emb[6:] = 20.0 + torch.randn(5, generator=gen, dtype=F64)
+    emb[7, 2] += 1e-3
+    return emb.to(device)
+
+
+def test_pairwise_distance_backward_passes_gradcheck(contract_device):
+    # The backward is written out: finite differences check both of its parts, the Gram
+    # pairs' mm-based sum and the recomputed pairs' exact unit directions.
+    emb = _rows_with_a_recomputed_pair(contract_device).requires_grad_(True)
+    assert torch.autograd.gradcheck(compute_pairwise_distances, (emb,))
+
+
+def test_pairwise_distances_support_double_backward(contract_device):
+    emb = _rows_with_a_recomputed_pair(contract_device).requires_grad_(True)
+    assert torch.autograd.gradgradcheck(compute_pairwise_distances, (emb,))
+
+
+def test_pairwise_distance_gradient_matches_autograd_of_direct_differences(contract_device):
+    gen = torch.Generator().manual_seed(42)
+    emb = torch.randn(40, 16, generator=gen, dtype=F64).to(contract_device).requires_grad_(True)
+    weights = torch.rand(40, 40, generator=gen, dtype=F64).to(contract_device)
+    (compute_pairwise_distances(emb) * weights).sum().backward()
+    reference = emb.detach().cpu().requires_grad_(True)
+    diff = reference.unsqueeze(1) - reference.unsqueeze(0)
+    off = ~torch.eye(40, dtype=torch.bool)
+    distances = torch.where(off, torch.where(off.unsqueeze(-1), diff, 1.0).norm(dim=-1), 0.0)
+    (distances * weights.cpu()).sum().backward()
+    tol = tolerance(F64, n=40 * 16)
+    torch.testing.assert_close(emb.grad.cpu(), reference.grad, rtol=tol.rtol, atol=tol.rtol)
+
+
+def test_nonfinite_embeddings_of_a_single_sample_are_named_in_the_error(contract_device):
+    # B = 1 has no pair, so the base loss (0) cannot screen the embeddings: their own flag
+    # must.
+    emb = torch.tensor([[0.0, math.nan]], device=contract_device)
+    with pytest.raises(NonFiniteOutputError, match=r"^base_loss: embeddings has 1 non-finite"):
+        MultiTaskLoss()({"embeddings": emb}, {"base_target": torch.zeros(1, 1, device=emb.device)})
 
 
 # ------------------------------------------------------------------------------ bad inputs
