@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, NamedTuple, cast
 
@@ -229,6 +229,7 @@ class _PendingCheck(NamedTuple):
     ids: Sequence[_IdCheck]
     ids_bad: list[Tensor]
     flags: list[Tensor]
+    retry: Callable[[], Tensor] | None = None
 
 
 # Set by MultiTaskLoss.forward: while it holds a list, _check_values queues its flags there
@@ -258,7 +259,8 @@ def _check_values(
     ids: Sequence[_IdCheck] = (),
     screens: Mapping[str, tuple[Tensor, Tensor | None]] | None = None,
     clamped: Mapping[str, Tensor] | None = None,
-) -> None:
+    retry: Callable[[], Tensor] | None = None,
+) -> Tensor | None:
     """Raise on non-finite values or out-of-range ids at valid positions; one host sync.
 
     Inside :meth:`MultiTaskLoss.forward` the check is queued instead and forward raises after
@@ -274,6 +276,14 @@ def _check_values(
     ``clamped`` maps a key of ``ids`` to that tensor already clamped to ``[0, upper)`` (as
     the caller needs it for indexing anyway): an id is then out of range where the two
     differ, one comparison instead of two.
+
+    ``retry`` recomputes the term the careful way (pre-scaled sums) for a term that was
+    computed the quick way and screens with its own value: when that screen is non-finite
+    but no valid entry is (the quick sum overflowed), the retried value replaces the term.
+
+    Returns:
+        The retried term when it replaces the caller's (only outside forward; inside, forward
+        swaps it in after its sync), else ``None``.
 
     Raises:
         NonFiniteOutputError: naming the first tensor with a non-finite valid entry.
@@ -301,17 +311,22 @@ def _check_values(
         ids_bad.append(bad if valid is None else bad.logical_and_(valid))
         flags.append(ids_bad[-1].sum(dtype=torch.float64))
     if not flags:
-        return
-    pending = _PendingCheck(term, finite, ids, ids_bad, flags)
+        return None
+    pending = _PendingCheck(term, finite, ids, ids_bad, flags, retry)
     queue = _DEFERRED.get()
     if queue is not None:
         queue.append(pending)
-    else:
-        _raise_pending([pending])
+        return None
+    return _raise_pending([pending]).get(term)
 
 
-def _raise_pending(pending: Sequence[_PendingCheck]) -> None:
-    """Read every queued flag back in one host sync; raise for the first bad entry."""
+def _raise_pending(pending: Sequence[_PendingCheck]) -> dict[str, Tensor]:
+    """Read every queued flag back in one host sync; raise for the first bad entry.
+
+    Returns:
+        term -> its retried value, for the terms whose quick sum overflowed (see
+        :func:`_check_values`).
+    """
     # A screen shared by several checks (a term's value screens its prediction and its
     # truth) is read once.
     distinct: dict[int, Tensor] = {}
@@ -319,7 +334,7 @@ def _raise_pending(pending: Sequence[_PendingCheck]) -> None:
         for flag in check.flags:
             distinct.setdefault(id(flag), flag)
     if not distinct:
-        return
+        return {}
     tensors = list(distinct.values())
     # The one host sync: every flag of every queued term read back together (a flag may be
     # a term's own value, float32 or float64: stack promotes).
@@ -330,14 +345,20 @@ def _raise_pending(pending: Sequence[_PendingCheck]) -> None:
         with torch.no_grad():
             values = torch.stack(tensors).tolist()
     host = dict(zip(distinct, values, strict=True))
+    retried: dict[str, Tensor] = {}
     for check in pending:
-        _raise_first(check, [host[id(flag)] for flag in check.flags])
+        overflowed = _raise_first(check, [host[id(flag)] for flag in check.flags])
+        if overflowed and check.retry is not None:
+            retried[check.term] = check.retry()
+    return retried
 
 
-def _raise_first(check: _PendingCheck, found: Sequence[float]) -> None:
+def _raise_first(check: _PendingCheck, found: Sequence[float]) -> bool:
+    """Raise for the first bad entry; True when a screen was flagged but nothing was bad."""
     term, finite, ids = check.term, check.finite, check.ids
     if all(map(math.isfinite, found[: len(finite)])) and not any(found[len(finite) :]):
-        return
+        return False
+    overflowed = False
     for (key, tensor, valid), flag in zip(finite, found[: len(finite)], strict=True):
         if math.isfinite(flag):
             continue
@@ -357,6 +378,7 @@ def _raise_first(check: _PendingCheck, found: Sequence[float]) -> None:
                 index=index,
                 value=value,
             )
+        overflowed = True
     for (key, tensor, valid, upper), bad, out_of_range in zip(
         ids, check.ids_bad, found[len(finite) :], strict=True
     ):
@@ -367,6 +389,7 @@ def _raise_first(check: _PendingCheck, found: Sequence[float]) -> None:
                 f"positions (of {_valid_count(tensor, valid)} valid); first at {index} = "
                 f"{int(value)}. Ids must index the last dimension of the prediction"
             )
+    return overflowed
 
 
 def _count_inputs(
@@ -862,24 +885,24 @@ class MultiTaskLoss(nn.Module):
         _require_same_shape(term, "target_prediction", pred, "target", true)
         dtype = _compute_dtype(pred, true)
         p, t = pred.to(dtype), true.to(dtype)
+        retry: Callable[[], Tensor] | None = None
         if self.target_loss_type == "mse":
-            pre, _ = _pow2_scales(pred.numel(), squared=True)
-            # mse_loss of the pre-scaled sides (scaling by a power of two is exact, and
-            # commutes with the difference's rounding): one fused op and one backward node;
-            # its mean rounds once and the rescale by 2**p is exact.
-            scaled_true = t if pre == 1.0 else t * pre
-            loss = F.mse_loss(p * pre, scaled_true) * (1.0 / (pre * pre))
+            # One fused op and one backward node; should its sum overflow, the check swaps in
+            # the pre-scaled mean.
+            loss = F.mse_loss(p, t)
+            retry = lambda: _mse(p, t, *_pow2_scales(pred.numel(), squared=True))  # noqa: E731
         else:
             reduce = _mae if self.target_loss_type == "mae" else _huber
             loss = reduce(p, t, *_pow2_scales(pred.numel(), squared=False))
         # Every entry reaches the loss (MSE, MAE and Huber all keep NaN and ±inf), so the
         # loss screens both tensors.
-        _check_values(
+        retried = _check_values(
             term,
             [("target_prediction", pred, None), ("target", true, None)],
             screens=_screened_by(loss, "target_prediction", "target"),
+            retry=retry,
         )
-        return loss
+        return loss if retried is None else retried
 
     def _classification_loss(self, pred: Tensor, ids: Tensor) -> Tensor:
         term = "target_loss"
@@ -954,12 +977,17 @@ class MultiTaskLoss(nn.Module):
         # Selected after the subtraction: a padded position's difference may be NaN, but
         # where passes it neither to the value nor (its gradient there is exactly 0) back.
         diff = torch.where(valid, pred.to(dtype) - true.to(dtype), 0.0)
-        loss = _mean_square(diff, valid.numel(), torch.count_nonzero(valid).to(dtype))
+        count = torch.count_nonzero(valid).to(dtype)
+        # The quick mean first; should its sum overflow, the check swaps in the pre-scaled one.
+        loss = (diff * diff).sum() / count.clamp(min=1.0)
         checks: list[_FiniteCheck] = [("count_prediction", pred, valid), ("counts", true, valid)]
-        _check_values(
-            "count_loss", checks, screens=_screened_by(loss, "count_prediction", "counts")
+        retried = _check_values(
+            "count_loss",
+            checks,
+            screens=_screened_by(loss, "count_prediction", "counts"),
+            retry=lambda: _mean_square(diff, valid.numel(), count),
         )
-        return loss
+        return loss if retried is None else retried
 
     # ---------------------------------------------------------------------------- base
 
@@ -1024,11 +1052,19 @@ class MultiTaskLoss(nn.Module):
         # Off-diagonal entries only: the diagonal of a predicted distance matrix is padding.
         valid = _off_diagonal(size, pred.device)
         diff = torch.where(valid, pred.to(dtype) - true.to(dtype), 0.0)
-        pre, post = _pow2_scales(size * (size - 1), squared=True)
-        scaled = diff * pre
-        loss = (scaled * scaled).sum() * post
-        self._check_base(loss, pred_key, pred, true, valid, source)
-        return loss
+        pairs = size * (size - 1)
+        # The quick mean first; should its sum overflow, the check swaps in the pre-scaled one.
+        loss = (diff * diff).sum() / max(pairs, 1)
+        retried = self._check_base(
+            loss,
+            pred_key,
+            pred,
+            true,
+            valid,
+            source,
+            retry=lambda: _mean_square(diff, pairs, diff.new_tensor(float(pairs))),
+        )
+        return loss if retried is None else retried
 
     @staticmethod
     def _check_base(
@@ -1038,7 +1074,8 @@ class MultiTaskLoss(nn.Module):
         true: Tensor,
         valid: Tensor | None,
         source: tuple[str, Tensor, Tensor | None] | None,
-    ) -> None:
+        retry: Callable[[], Tensor] | None = None,
+    ) -> Tensor | None:
         # The loss screens every valid entry of both sides. Distances computed here from
         # finite embeddings may still overflow (rows near finfo.max apart): that is an inf
         # loss, as the float64 reference has, not a non-finite model output, so with a
@@ -1054,7 +1091,7 @@ class MultiTaskLoss(nn.Module):
             checks.insert(0, (key, embeddings, None))
             if screen is not None:
                 screens[key] = (screen, None)
-        _check_values("base_loss", checks, screens=screens)
+        return _check_values("base_loss", checks, screens=screens, retry=retry)
 
     # ---------------------------------------------------------------------------- nucleotide
 
@@ -1183,8 +1220,9 @@ class MultiTaskLoss(nn.Module):
             pending = _DEFERRED.get()
         finally:
             _DEFERRED.reset(token)
-        # One host sync for every term's non-finite and id checks, before anything returns.
-        _raise_pending(pending or [])
+        # One host sync for every term's non-finite and id checks, before anything returns;
+        # a term whose quick sum overflowed is replaced by its pre-scaled value.
+        losses.update(_raise_pending(pending or []))
         absent = frozenset(term for term, here in present.items() if not here)
         absent_token = _ABSENT_TERMS.set(absent)
         try:
