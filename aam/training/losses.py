@@ -708,9 +708,12 @@ class _PairwiseDistances(torch.autograd.Function):
         # NaN compares False: NaN rows keep NaN (through ``half``), never a silent 0.
         safe_scale = torch.where(scale > 0, scale, 1.0)
         u = half.div_(safe_scale)
-        norms = (u * u).sum(dim=1)
+        gram = u @ u.T
+        # The norms are the product's diagonal: each squared distance of a row to itself is
+        # then exactly 0, and no separate pass over the rows is needed.
+        norms = gram.diagonal()
         pair_norms = norms.unsqueeze(1) + norms.unsqueeze(0)
-        squared = torch.sub(pair_norms, u @ u.T, alpha=2.0)
+        squared = torch.sub(pair_norms, gram, alpha=2.0)
         # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
         flagged = squared <= pair_norms.mul_(0.5)
         gram_units = squared.clamp_(min=0.0).sqrt_()  # |u_i - u_j| of the Gram pairs
@@ -721,7 +724,7 @@ class _PairwiseDistances(torch.autograd.Function):
             pairs = torch.triu_indices(size, size, offset=1, device=emb.device)
             rows, cols = pairs[0], pairs[1]
             flagged.fill_(True)
-        units = emb.new_zeros((0, emb.shape[1]))
+        units = None
         if rows.numel():  # a host-side size on the cpu: no sync
             direct, units = _direct_distances(emb[rows], emb[cols])
             distances.index_put_((rows, cols), direct).index_put_((cols, rows), direct)
@@ -737,8 +740,9 @@ class _PairwiseDistances(torch.autograd.Function):
         if torch.is_grad_enabled():
             # create_graph=True: the same gradient from differentiable ops (double backward).
             u = (emb * 0.5 - centre) / scale
-            norms = (u * u).sum(dim=1)
-            squared = norms.unsqueeze(1) + norms.unsqueeze(0) - 2.0 * (u @ u.T)
+            gram = u @ u.T
+            norms = gram.diagonal()
+            squared = norms.unsqueeze(1) + norms.unsqueeze(0) - 2.0 * gram
             gram_units = torch.where(flagged, 1.0, squared).sqrt()
             if rows.numel():
                 units = _direct_distances(emb[rows], emb[cols])[1]
