@@ -705,8 +705,9 @@ class _PairwiseDistances(torch.autograd.Function):
         centre = (emb * (0.5 / size)).sum(dim=0, keepdim=True)
         half = emb * 0.5 - centre
         scale = half.abs().amax()
-        # NaN compares False: NaN rows keep NaN (through ``half``), never a silent 0.
-        safe_scale = torch.where(scale > 0, scale, 1.0)
+        # Identical rows (scale 0) give u = 0; a NaN scale (a NaN/inf row) keeps NaN in every
+        # u, never a silent 0. Dividing by the power of two ``tiny`` is exact.
+        safe_scale = scale.clamp(min=torch.finfo(emb.dtype).tiny)
         u = half.div_(safe_scale)
         gram = u @ u.T
         # The norms are the product's diagonal: each squared distance of a row to itself is
@@ -1200,7 +1201,7 @@ class MultiTaskLoss(nn.Module):
             NonFiniteOutputError: on NaN/inf at a valid position.
         """
         for name, value in (("outputs", outputs), ("targets", targets)):
-            if not isinstance(value, Mapping):
+            if type(value) is not dict and not isinstance(value, Mapping):
                 raise TypeError(
                     f"MultiTaskLoss: {name} must be a dict of tensors, got {type(value).__name__}"
                 )
@@ -1211,9 +1212,11 @@ class MultiTaskLoss(nn.Module):
             for term, (key, _) in _HEADS.items()
         }
         for term, (key, needed) in _HEADS.items():
-            given = "embeddings" if term == "base_loss" and use_embeddings else key
+            if not present[term]:
+                continue
             for target_key in needed:
-                if present[term] and target_key not in targets:
+                if target_key not in targets:
+                    given = "embeddings" if term == "base_loss" and use_embeddings else key
                     raise ValueError(
                         f"{term}: outputs has {given!r} but targets lacks {target_key!r}; "
                         f"pass targets[{target_key!r}] or drop the head"
