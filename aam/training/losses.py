@@ -665,6 +665,22 @@ def _pairwise_distances(embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
     largest centred component: NaN and ±inf reach it, finite rows cannot overflow it), or
     ``None`` for an empty batch.
     """
+    emb = _pairwise_input(embeddings)
+    if emb.shape[0] == 0:
+        return emb.new_zeros((0, 0)) + emb.sum() * 0.0, None  # still a function of the input
+    distances: Tensor
+    screen: Tensor
+    distances, screen = _PairwiseDistances.apply(emb)  # type: ignore[no-untyped-call]
+    return distances, screen
+
+
+def _pairwise_input(embeddings: Tensor) -> Tensor:
+    """Validate ``[B, D]`` embeddings; return them in the compute dtype (float32 for halves).
+
+    Raises:
+        TypeError: if ``embeddings`` is not a tensor.
+        ValueError: if it is not 2-D floating with at least one feature.
+    """
     term = "compute_pairwise_distances"
     _require_tensor(term, "embeddings", embeddings)
     _require_floating(term, "embeddings", embeddings)
@@ -672,13 +688,7 @@ def _pairwise_distances(embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
         raise ValueError(
             f"{term}: embeddings must be [B, D] with D >= 1, got shape {_shape(embeddings)}"
         )
-    emb = embeddings.to(_compute_dtype(embeddings))
-    if emb.shape[0] == 0:
-        return emb.new_zeros((0, 0)) + emb.sum() * 0.0, None  # still a function of the input
-    distances: Tensor
-    screen: Tensor
-    distances, screen = _PairwiseDistances.apply(emb)  # type: ignore[no-untyped-call]
-    return distances, screen
+    return embeddings.to(_compute_dtype(embeddings))
 
 
 class _PairwiseDistances(torch.autograd.Function):
@@ -701,58 +711,113 @@ class _PairwiseDistances(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, emb: Tensor) -> tuple[Tensor, Tensor]:
-        size = emb.shape[0]
-        centre = (emb * (0.5 / size)).sum(dim=0, keepdim=True)
-        half = emb * 0.5 - centre
-        scale = half.abs().amax()
-        # Identical rows (scale 0) give u = 0; a NaN scale (a NaN/inf row) keeps NaN in every
-        # u, never a silent 0. Dividing by the power of two ``tiny`` is exact.
-        safe_scale = scale.clamp(min=torch.finfo(emb.dtype).tiny)
-        u = half.div_(safe_scale)
-        gram = u @ u.T
-        # The norms are the product's diagonal: each squared distance of a row to itself is
-        # then exactly 0, and no separate pass over the rows is needed.
-        norms = gram.diagonal()
-        pair_norms = norms.unsqueeze(1) + norms.unsqueeze(0)
-        squared = torch.sub(pair_norms, gram, alpha=2.0)
-        # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
-        flagged = squared <= pair_norms.mul_(0.5)
-        gram_units = squared.clamp_(min=0.0).sqrt_()  # |u_i - u_j| of the Gram pairs
-        distances = gram_units * (2.0 * safe_scale)
-        if emb.device.type == "cpu":
-            rows, cols = torch.triu(flagged, diagonal=1).nonzero(as_tuple=True)
-        else:
-            pairs = torch.triu_indices(size, size, offset=1, device=emb.device)
-            rows, cols = pairs[0], pairs[1]
-            flagged.fill_(True)
-        units = None
-        if rows.numel():  # a host-side size on the cpu: no sync
-            direct, units = _direct_distances(emb[rows], emb[cols])
-            distances.index_put_((rows, cols), direct).index_put_((cols, rows), direct)
-        distances.diagonal().zero_()
-        ctx.save_for_backward(emb, u, gram_units, flagged, rows, cols, units, centre, safe_scale)
+        distances, scale, saved = _pairwise_forward(emb)
+        ctx.save_for_backward(*saved)
         ctx.mark_non_differentiable(scale)
         return distances, scale
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, grad_screen: Tensor | None) -> Tensor:
-        emb, u, gram_units, flagged, rows, cols, units, centre, scale = ctx.saved_tensors
-        both = grad + grad.T
-        if torch.is_grad_enabled():
-            # create_graph=True: the same gradient from differentiable ops (double backward).
-            u = (emb * 0.5 - centre) / scale
-            gram = u @ u.T
-            norms = gram.diagonal()
-            squared = norms.unsqueeze(1) + norms.unsqueeze(0) - 2.0 * gram
-            gram_units = torch.where(flagged, 1.0, squared).sqrt()
-            if rows.numel():
-                units = _direct_distances(emb[rows], emb[cols])[1]
-        weights = torch.where(flagged, 0.0, both / gram_units)
-        out = torch.addmm(u * weights.sum(dim=1, keepdim=True), weights, u, alpha=-1.0)
+        return _pairwise_backward(ctx.saved_tensors, grad)
+
+
+def _pairwise_forward(emb: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...]]:
+    """:class:`_PairwiseDistances`' forward: ``(distances, screen, saved for backward)``."""
+    size = emb.shape[0]
+    centre = (emb * (0.5 / size)).sum(dim=0, keepdim=True)
+    half = emb * 0.5 - centre
+    scale = half.abs().amax()
+    # Identical rows (scale 0) give u = 0; a NaN scale (a NaN/inf row) keeps NaN in every u,
+    # never a silent 0. Dividing by the power of two ``tiny`` is exact.
+    safe_scale = scale.clamp(min=torch.finfo(emb.dtype).tiny)
+    u = half.div_(safe_scale)
+    gram = u @ u.T
+    # The norms are the product's diagonal: each squared distance of a row to itself is
+    # then exactly 0, and no separate pass over the rows is needed.
+    norms = gram.diagonal()
+    pair_norms = norms.unsqueeze(1) + norms.unsqueeze(0)
+    squared = torch.sub(pair_norms, gram, alpha=2.0)
+    # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
+    flagged = squared <= pair_norms.mul_(0.5)
+    gram_units = squared.clamp_(min=0.0).sqrt_()  # |u_i - u_j| of the Gram pairs
+    distances = gram_units * (2.0 * safe_scale)
+    if emb.device.type == "cpu":
+        rows, cols = torch.triu(flagged, diagonal=1).nonzero(as_tuple=True)
+    else:
+        pairs = torch.triu_indices(size, size, offset=1, device=emb.device)
+        rows, cols = pairs[0], pairs[1]
+        flagged.fill_(True)
+    units = None
+    if rows.numel():  # a host-side size on the cpu: no sync
+        direct, units = _direct_distances(emb[rows], emb[cols])
+        distances.index_put_((rows, cols), direct).index_put_((cols, rows), direct)
+    distances.diagonal().zero_()
+    return distances, scale, (emb, u, gram_units, flagged, rows, cols, units, centre, safe_scale)
+
+
+def _pairwise_backward(saved: Sequence[Any], grad: Tensor) -> Tensor:
+    """:class:`_PairwiseDistances`' backward: the embeddings' gradient for ``grad [B, B]``.
+
+    ``saved`` is :func:`_pairwise_forward`'s third result (``units`` is ``None`` when no
+    pair was recomputed).
+    """
+    emb, u, gram_units, flagged, rows, cols, units, centre, scale = saved
+    both = grad + grad.T
+    if torch.is_grad_enabled():
+        # create_graph=True: the same gradient from differentiable ops (double backward).
+        u = (emb * 0.5 - centre) / scale
+        gram = u @ u.T
+        norms = gram.diagonal()
+        squared = norms.unsqueeze(1) + norms.unsqueeze(0) - 2.0 * gram
+        gram_units = torch.where(flagged, 1.0, squared).sqrt()
         if rows.numel():
-            along = both[rows, cols].unsqueeze(1) * units
-            out = out.index_add(0, rows, along).index_add(0, cols, along, alpha=-1.0)
-        return out
+            units = _direct_distances(emb[rows], emb[cols])[1]
+    weights = torch.where(flagged, 0.0, both / gram_units)
+    out = torch.addmm(u * weights.sum(dim=1, keepdim=True), weights, u, alpha=-1.0)
+    if units is not None:
+        along = both[rows, cols].unsqueeze(1) * units
+        out = out.index_add(0, rows, along).index_add(0, cols, along, alpha=-1.0)
+    return out
+
+
+class _PairwiseMeanSquare(torch.autograd.Function):
+    """The unifrac base term straight from embeddings: ``mean((d_ij - t_ij)²)`` off the diagonal.
+
+    One Function instead of the distances' Function and five autograd nodes of the mean:
+    forward is :func:`_pairwise_forward` and the quick (unscaled) mean of the selected
+    squared differences; backward writes ``G = 2 (d - t) g / n`` at valid pairs (0 at the
+    diagonal, whatever the truth holds there) and hands it to :func:`_pairwise_backward`.
+    Under ``create_graph=True`` the gradient is recomputed through the differentiable
+    distances, so double backward works. Returns ``(loss, screen)``; the screen is the
+    embeddings' (see :func:`_pairwise_distances`).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, emb: Tensor, true: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        distances, scale, saved = _pairwise_forward(emb)
+        diff = torch.where(valid, distances.to(true.dtype) - true, 0.0)
+        pairs = max(valid.shape[0] * (valid.shape[0] - 1), 1)
+        loss = (diff * diff).sum() / pairs
+        ctx.pairs = pairs
+        ctx.save_for_backward(diff, true, valid, *saved)
+        ctx.mark_non_differentiable(scale)
+        return loss, scale
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_loss: Tensor, grad_screen: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, None]:
+        diff, true, valid, *saved = ctx.saved_tensors
+        emb = saved[0]
+        if torch.is_grad_enabled():
+            distances = _PairwiseDistances.apply(emb)[0]  # type: ignore[no-untyped-call]
+            diff = torch.where(valid, distances.to(true.dtype) - true, 0.0)
+        grad = diff * (grad_loss * (2.0 / ctx.pairs))
+        grad_emb = None
+        if ctx.needs_input_grad[0]:
+            grad_emb = _pairwise_backward(saved, grad.to(emb.dtype))
+        grad_true = -grad if ctx.needs_input_grad[1] else None
+        return grad_emb, grad_true, None
 
 
 @functools.lru_cache(maxsize=32)
@@ -1071,6 +1136,48 @@ class MultiTaskLoss(nn.Module):
         )
         return loss if retried is None else retried
 
+    def _embeddings_base_loss(self, embeddings: Tensor, base_true: Tensor) -> Tensor:
+        """The unifrac base term of ``embeddings``' pairwise distances, as one Function.
+
+        Same value, errors and checks as :meth:`_base_loss` on
+        :func:`compute_pairwise_distances` of the embeddings (which it falls back to for an
+        empty batch), with the distances' and the mean's backward fused
+        (:class:`_PairwiseMeanSquare`).
+        """
+        term = "base_loss"
+        pred_key = "base_prediction (pairwise distances of embeddings)"
+        emb = _pairwise_input(embeddings)
+        size = emb.shape[0]
+        true = _require_tensor(term, "base_target", base_true)
+        if size == 0:
+            distances, none = _pairwise_distances(embeddings)
+            source = ("embeddings", embeddings, none)
+            return self._base_loss(distances, true, "unifrac", pred_key, source=source)
+        _require_real(term, "base_target", true)
+        _require_same_device(term, [(pred_key, emb), ("base_target", true)])
+        if true.shape != (size, size):
+            raise ValueError(
+                f"{term}: {pred_key} shape {(size, size)} does not match base_target "
+                f"{_shape(true)}; unifrac expects pairwise distances [B, B] for both (no "
+                "slicing: give a full [B, B] prediction, e.g. from the batch's embeddings)"
+            )
+        dtype = _compute_dtype(emb, true)
+        valid = _off_diagonal(size, emb.device)
+        truth = true.to(dtype)
+        loss: Tensor
+        screen: Tensor
+        loss, screen = _PairwiseMeanSquare.apply(emb, truth, valid)  # type: ignore[no-untyped-call]
+
+        def retry() -> Tensor:
+            diff = torch.where(valid, compute_pairwise_distances(emb).to(dtype) - truth, 0.0)
+            pairs = size * (size - 1)
+            return _mean_square(diff, pairs, diff.new_tensor(float(pairs)))
+
+        retried = self._check_base(
+            loss, pred_key, emb, true, valid, ("embeddings", embeddings, screen), retry=retry
+        )
+        return loss if retried is None else retried
+
     @staticmethod
     def _check_base(
         loss: Tensor,
@@ -1259,14 +1366,7 @@ class MultiTaskLoss(nn.Module):
             )
         if use_embeddings:
             embeddings = _require_tensor("base_loss", "embeddings", outputs["embeddings"])
-            distances, screen = _pairwise_distances(embeddings)
-            losses["base_loss"] = self._base_loss(
-                distances,
-                targets["base_target"],
-                encoder_type,
-                "base_prediction (pairwise distances of embeddings)",
-                source=("embeddings", embeddings, screen),
-            )
+            losses["base_loss"] = self._embeddings_base_loss(embeddings, targets["base_target"])
         elif present["base_loss"]:
             losses["base_loss"] = self.compute_base_loss(
                 outputs["base_prediction"], targets["base_target"], encoder_type

@@ -919,6 +919,52 @@ def test_pairwise_distance_gradient_matches_autograd_of_direct_differences(contr
     torch.testing.assert_close(emb.grad.cpu(), reference.grad, rtol=tol.rtol, atol=tol.rtol)
 
 
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_base_loss_of_embeddings_equals_base_loss_of_their_distances(contract_device, dtype):
+    # forward fuses the distances and the mean into one Function: same value and gradient
+    # as compute_base_loss on compute_pairwise_distances, recomputed pairs and NaN at the
+    # truth's diagonal included.
+    emb = _rows_with_a_recomputed_pair("cpu").to(dtype).to(contract_device)
+    truth = torch.rand(8, 8, dtype=F64, generator=torch.Generator().manual_seed(43))
+    truth = truth.to(dtype).to(contract_device).fill_diagonal_(math.nan)
+    fused_emb = emb.clone().requires_grad_(True)
+    fused = MultiTaskLoss()({"embeddings": fused_emb}, {"base_target": truth})["base_loss"]
+    fused.backward()
+    plain_emb = emb.clone().requires_grad_(True)
+    plain = MultiTaskLoss().compute_base_loss(compute_pairwise_distances(plain_emb), truth)
+    plain.backward()
+    tol = tolerance(result_dtype(dtype), n=8 * 7)
+    torch.testing.assert_close(fused, plain, rtol=tol.rtol, atol=tol.atol)
+    torch.testing.assert_close(fused_emb.grad, plain_emb.grad, rtol=tol.rtol, atol=tol.atol)
+
+
+def test_base_loss_of_embeddings_supports_double_backward(contract_device):
+    emb = _rows_with_a_recomputed_pair(contract_device).requires_grad_(True)
+    truth = torch.rand(8, 8, dtype=F64, generator=torch.Generator().manual_seed(44))
+
+    def base(e: torch.Tensor) -> torch.Tensor:
+        return MultiTaskLoss()({"embeddings": e}, {"base_target": truth.to(e.device)})["base_loss"]
+
+    assert torch.autograd.gradcheck(base, (emb,))
+    assert torch.autograd.gradgradcheck(base, (emb,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
+def test_base_loss_of_embeddings_retries_a_quick_sum_that_overflows(contract_device, dtype):
+    # Rows 0 and 2 coincide, row 1 is 1.5 * sqrt(max) away; the truth gets only the pair
+    # (0, 1) wrong: the quick sum (2 * big²) overflows, the mean over 6 pairs does not.
+    big = 1.5 * math.sqrt(torch.finfo(dtype).max)
+    emb = torch.tensor([[0.0], [big], [0.0]], dtype=dtype, device=contract_device)
+    truth = compute_pairwise_distances(emb).detach().clone()
+    truth[0, 1] = truth[1, 0] = 0.0
+    emb.requires_grad_(True)
+    loss = MultiTaskLoss()({"embeddings": emb}, {"base_target": truth})["base_loss"]
+    expected = (big / math.sqrt(3)) ** 2  # 2 big² / 6, finite in Python float64
+    assert loss.item() == pytest.approx(expected, rel=16 * torch.finfo(dtype).eps)
+    loss.backward()
+    assert torch.isfinite(emb.grad).all()
+
+
 def test_nonfinite_embeddings_of_a_single_sample_are_named_in_the_error(contract_device):
     # B = 1 has no pair, so the base loss (0) cannot screen the embeddings: their own flag
     # must.
