@@ -294,7 +294,8 @@ def _check_values(
                 too_big = tensor >= upper if upper <= torch.iinfo(tensor.dtype).max else None
                 bad = tensor < 0 if too_big is None else (tensor < 0) | too_big
             ids_bad.append(bad if valid is None else bad.logical_and_(valid))
-            flags.append(ids_bad[-1].sum(dtype=torch.float64))
+            # count_nonzero, not sum(dtype=float64): no float64 copy of the mask (1 pass).
+            flags.append(torch.count_nonzero(ids_bad[-1]).to(torch.float64))
     if not flags:
         return
     pending = _PendingCheck(term, finite, ids, ids_bad, flags)
