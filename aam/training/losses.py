@@ -478,10 +478,11 @@ class _MaskedCrossEntropy(torch.autograd.Function):
     value: the caller's non-finite check (``screen``, the weighted row sums) raises before
     the value is returned.
 
-    Backward writes ``(e / s - onehot) * coef`` with ``coef = grad * pre * post * valid`` in
-    one multiply and one scatter, in place in ``e``, then transposes it back to ``[M, V]``:
-    exactly 0 at padded rows (``e`` is finite there and ``coef`` is 0). ``e`` is saved from
-    the forward and overwritten by the first backward; a second backward
+    Backward writes ``(e - s * onehot) * (coef / s)`` with ``coef = grad * pre * post *
+    valid``: one scatter in place in ``e``, then one multiply whose output is the transposed
+    view of the ``[M, V]`` gradient (the strided write costs about what a copy does):
+    exactly 0 at padded rows (``e`` and ``s`` are finite there and ``coef`` is 0). ``e`` is
+    saved from the forward and overwritten by the first backward; a second backward
     (``retain_graph=True``) recomputes it from the logits. Under ``create_graph=True`` the
     gradient is recomputed with differentiable ops instead, so double backward works.
 
@@ -529,9 +530,11 @@ class _MaskedCrossEntropy(torch.autograd.Function):
         if exp is None:
             # A second backward through a retained graph: e was consumed by the first one.
             exp = _shifted_exp(logits, ids, valid, weight.dtype)[0]
-        grad_t = exp.mul_(coef / total)
-        grad_t.scatter_add_(0, ids.unsqueeze(0), coef.neg().unsqueeze(0))
-        grad = _row_major(grad_t)
+        shifted = exp.scatter_add_(0, ids.unsqueeze(0), total.neg().unsqueeze(0))  # e - s*onehot
+        grad = torch.empty((shifted.shape[1], vocab), dtype=shifted.dtype, device=shifted.device)
+        # The multiply writes through the transposed view: the copy back to [M, V] costs
+        # no pass of its own.
+        torch.mul(shifted, coef / total, out=grad.t())
         return grad.reshape(logits.shape).to(logits.dtype), None, None, None, None
 
 
@@ -580,18 +583,6 @@ def _class_major(x: Tensor) -> Tensor:
         return torch.mm(torch.eye(x.shape[1], dtype=x.dtype, device=x.device), x.t())
     # A copy even where x.t() is already contiguous (V = 1): the caller writes into it.
     return x.t().clone(memory_format=torch.contiguous_format)
-
-
-def _row_major(by_class: Tensor) -> Tensor:
-    """``by_class.T`` ``[M, V]`` as a new contiguous tensor.
-
-    The transposing copy is torch's NCHW to channels-last conversion of ``[1, V, M, 1]``,
-    which copies in blocks where a plain ``.t().contiguous()`` copies element by element.
-    """
-    vocab, rows = by_class.shape
-    planes = by_class.reshape(1, vocab, rows, 1)
-    # A copy even where it is already channels-last (V = 1): the caller may alias its output.
-    return planes.clone(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(rows, vocab)
 
 
 # --------------------------------------------------------------------------------------------
