@@ -1638,6 +1638,48 @@ def test_nucleotide_backward_can_run_twice_with_retain_graph(contract_device):
     torch.testing.assert_close(logits.grad, 2 * first, rtol=1e-6, atol=0.0)
 
 
+@pytest.mark.parametrize("precision", ["medium", "high"])
+def test_nucleotide_loss_does_not_depend_on_the_float32_matmul_precision(
+    contract_device, precision
+):
+    # The class-major copy is a BLAS identity product only where float32 matmuls are IEEE
+    # (bf16/tf32 modes would round the logits); elsewhere it is a plain transpose. Both
+    # copies are exact, so value and gradient are bitwise those of the default setting.
+    batch = with_garbage(make_batch(device=contract_device, seed=35), math.nan)
+    args = (
+        batch.outputs["nuc_predictions"],
+        batch.targets["nucleotides"],
+        batch.targets["nuc_mask"],
+    )
+    expected = _nuc_value_and_grad(*args)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        got = _nuc_value_and_grad(*args)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(got[0], expected[0])
+    assert torch.equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("precision", ["highest", "medium"])
+def test_minus_inf_logit_that_is_neither_maximum_nor_picked_raises(contract_device, precision):
+    # Neither the row maximum nor x[id] sees a -inf elsewhere in the row; only the row-sum
+    # screen does, whichever class-major copy the precision setting selects (the BLAS copy
+    # may spread it to NaN over the row, the plain transpose does not).
+    logits = torch.zeros((1, 1, 2, 4), device=contract_device)
+    logits[0, 0, 1, 2] = -math.inf
+    ids = torch.tensor([[[1, 0]]], device=contract_device)
+    mask = torch.ones((1, 1, 2), dtype=torch.bool, device=contract_device)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        with pytest.raises(NonFiniteOutputError, match=r"first at \(0, 0, 1, 2\) = -inf"):
+            MultiTaskLoss()({"nuc_predictions": logits}, {"nucleotides": ids, "nuc_mask": mask})
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_nucleotide_loss_of_no_valid_position_is_zero_with_zero_gradient(contract_device):
     logits = torch.full((2, 1, 3, 4), math.nan, device=contract_device, requires_grad=True)
     ids = torch.full((2, 1, 3), -100, device=contract_device)
