@@ -1642,9 +1642,9 @@ def test_nucleotide_backward_can_run_twice_with_retain_graph(contract_device):
 def test_nucleotide_loss_does_not_depend_on_the_float32_matmul_precision(
     contract_device, precision
 ):
-    # The class-major copy is a BLAS identity product only where float32 matmuls are IEEE
-    # (bf16/tf32 modes would round the logits); elsewhere it is a plain transpose. Both
-    # copies are exact, so value and gradient are bitwise those of the default setting.
+    # The class-major copy must stay an exact transpose under every matmul precision (a
+    # BLAS identity product would round the logits in bf16/tf32 modes), so value and
+    # gradient are bitwise those of the default setting.
     batch = with_garbage(make_batch(device=contract_device, seed=35), math.nan)
     args = (
         batch.outputs["nuc_predictions"],
