@@ -534,6 +534,21 @@ def _check_terms(terms: object) -> tuple[str, ...]:
     return tuple(t for t in TERMS if t in chosen)
 
 
+def _check_values_for(values_for: object, heads: tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(values_for, str) or not isinstance(values_for, Iterable):
+        raise HarnessUsageError(
+            f"values_for must be None or a tuple of head names from terms={heads!r}, got "
+            f"values_for={values_for!r}; e.g. values_for=('count',)"
+        )
+    chosen = tuple(values_for)
+    if not chosen or not set(chosen) <= set(heads):
+        raise HarnessUsageError(
+            f"values_for must be a non-empty subset of terms={heads!r}, got "
+            f"values_for={chosen!r}; add the head to terms or leave values_for=None"
+        )
+    return tuple(t for t in heads if t in chosen)
+
+
 def _dtype_strategy(dtype: object) -> st.SearchStrategy[torch.dtype]:
     if dtype is None:
         return st.sampled_from(FLOAT_DTYPES)
@@ -695,6 +710,7 @@ def multitask_batches(
     mask_dtype: torch.dtype | None = None,
     class_weights: bool | None = None,
     allow_noncontiguous: bool = False,
+    values_for: Iterable[str] | None = None,
 ) -> st.SearchStrategy[MultiTaskBatch]:
     """Ragged, padded multi-task loss batches (:class:`MultiTaskBatch`) of the requested heads.
 
@@ -728,12 +744,18 @@ def multitask_batches(
             bool, int64, int32, float32, float64 (the same for both masks).
         class_weights: classification with class weights; ``None`` draws it.
         allow_noncontiguous: sometimes give outputs as non-contiguous views.
+        values_for: heads (a subset of ``terms``) whose tensors are drawn; ``None`` means
+            every head. The other heads' sizes and options (classifier, class weights,
+            encoder, loss type) are still drawn, their tensors are not: the batch is
+            distributed as a batch of every head in ``terms`` with only these heads kept,
+            without the cost of drawing values that would be thrown away.
 
     Raises:
         HarnessUsageError: when built with an invalid argument (naming it, its value and a
             fix), e.g. ``embeddings=True`` with ``encoder_type="faith_pd"``.
     """
     heads = _check_terms(terms)
+    drawn = heads if values_for is None else _check_values_for(values_for, heads)
     dtypes_ = _dtype_strategy(dtype)
     _check_optional_bool("classifier", classifier)
     _check_choice("encoder_type", encoder_type, ENCODER_TYPES)
@@ -827,7 +849,7 @@ def multitask_batches(
         def values(shape: tuple[int, ...], value_kind: str = kind) -> torch.Tensor:
             return _values(draw, shape, chosen, value_kind)
 
-        if "target" in heads:
+        if "target" in drawn:
             if is_classifier:
                 if kind == "ordinary":
                     logits = values((batch, k)).double()
@@ -843,14 +865,14 @@ def multitask_batches(
             padded["target_prediction"] = torch.zeros(
                 outputs["target_prediction"].shape, dtype=torch.bool
             )
-        if "count" in heads:
+        if "count" in drawn:
             pred = values((batch, asvs, 1))
             true = values((batch, asvs, 1), truths)
             outputs["count_prediction"] = pred
             targets["counts"] = true
             targets["mask"] = as_mask(asv_valid, mdtype)
             padded["count_prediction"] = torch.from_numpy(~asv_valid[..., None].copy())
-        if "base" in heads:
+        if "base" in drawn:
             if encoder == "faith_pd":
                 outputs["base_prediction"] = values((batch, 1))
                 targets["base_target"] = values((batch, 1), truths).abs()
@@ -865,7 +887,7 @@ def multitask_batches(
                 else:
                     outputs["base_prediction"] = values((batch, batch))
                     padded["base_prediction"] = diagonal
-        if "nuc" in heads:
+        if "nuc" in drawn:
             outputs["nuc_predictions"] = values((batch, asvs, length, v))
             ids = draw(hnp.arrays(np.int64, (batch, asvs, length), elements=st.integers(0, v - 1)))
             pad_id = draw(st.sampled_from([_PAD_ID, v]))
