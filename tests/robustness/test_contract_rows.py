@@ -49,7 +49,8 @@ def test_the_plugin_sets_the_running_term(term: str) -> None:
     assert running_term() == term
 
 
-@given(st.just(None))
+@given(drawn=st.just(None))
 @pytest.mark.parametrize("term", ["nuc_loss"])
-def test_the_running_term_is_seen_inside_hypothesis(term: str, _: None) -> None:
+def test_the_running_term_is_seen_inside_hypothesis(term: str, drawn: None) -> None:
+    assert drawn is None
     assert running_term() == term
