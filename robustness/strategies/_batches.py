@@ -670,23 +670,33 @@ def _draw_class_weights(draw: st.DrawFn, num_classes: int, labels: np.ndarray) -
 
 
 def _asv_structure(
-    draw: st.DrawFn, batch: int, asvs: int, length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validity of ASVs ``[B, A]`` and of positions ``[B, A, L]`` (only inside valid ASVs)."""
+    draw: st.DrawFn, batch: int, asvs: int, length: int, *, positions: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validity of ASVs ``[B, A]`` and of positions ``[B, A, L]`` (only inside valid ASVs).
+
+    With ``positions=False`` the positions are not drawn (``None``): the ASVs' validity is
+    drawn first and does not depend on them.
+    """
     layout = draw(st.sampled_from(["trailing_padding", "leading_padding", "interleaved"]))
     if layout == "interleaved":
         asv_valid = draw(hnp.arrays(np.bool_, (batch, asvs)))
+        if not positions:
+            return asv_valid, None
         pos_valid = draw(hnp.arrays(np.bool_, (batch, asvs, length)))
     else:
         counts = np.array(draw(st.lists(st.integers(0, asvs), min_size=batch, max_size=batch)))
+        if layout == "trailing_padding":
+            asv_valid = np.arange(asvs) < counts[:, None]
+        else:
+            asv_valid = np.arange(asvs) >= asvs - counts[:, None]
+        if not positions:
+            return asv_valid, None
         lengths = np.array(
             draw(st.lists(st.integers(0, length), min_size=batch * asvs, max_size=batch * asvs))
         ).reshape(batch, asvs)
         if layout == "trailing_padding":
-            asv_valid = np.arange(asvs) < counts[:, None]
             pos_valid = np.arange(length) < lengths[..., None]
         else:
-            asv_valid = np.arange(asvs) >= asvs - counts[:, None]
             pos_valid = np.arange(length) >= length - lengths[..., None]
     return asv_valid, pos_valid & asv_valid[..., None]
 
@@ -810,12 +820,16 @@ def multitask_batches(
         is_classifier = False
         encoder = "unifrac"
         use_embeddings = False
-        masked = "count" in heads or "nuc" in heads
+        # Sizes and validity that only the masked heads' tensors use are drawn for them alone
+        # (values_for): no option or other head depends on them.
+        masked = "count" in drawn or "nuc" in drawn
         if masked:
             asvs = draw(st.integers(1, max_asvs))
-            length = draw(st.integers(1, max_len)) if "nuc" in heads else 1
-            v = draw(st.integers(1, vocab)) if "nuc" in heads else 1
-            asv_valid, pos_valid = _asv_structure(draw, batch, asvs, length)
+            length = draw(st.integers(1, max_len)) if "nuc" in drawn else 1
+            v = draw(st.integers(1, vocab)) if "nuc" in drawn else 1
+            asv_valid, pos_valid = _asv_structure(
+                draw, batch, asvs, length, positions="nuc" in drawn
+            )
             mdtype = mask_dtype or draw(st.sampled_from(MASK_DTYPES))
         if "target" in heads:
             is_classifier = classifier if classifier is not None else draw(st.booleans())
@@ -888,6 +902,7 @@ def multitask_batches(
                     outputs["base_prediction"] = values((batch, batch))
                     padded["base_prediction"] = diagonal
         if "nuc" in drawn:
+            assert pos_valid is not None  # drawn with the nuc head
             outputs["nuc_predictions"] = values((batch, asvs, length, v))
             ids = draw(hnp.arrays(np.int64, (batch, asvs, length), elements=st.integers(0, v - 1)))
             pad_id = draw(st.sampled_from([_PAD_ID, v]))
