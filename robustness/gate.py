@@ -100,6 +100,7 @@ _GATE_PLUGINS = (
     "_hypothesis_pytestplugin",
     "robustness.plugin",
     "robustness.changes_plugin",
+    "robustness.gate_runtime",
 )
 # Hypothesis's per-phase statistics line: "N passing examples, M failing examples" up to
 # 6.16x, "N passing, M failing, and K invalid test cases" since.

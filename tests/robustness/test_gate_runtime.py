@@ -1,7 +1,8 @@
-"""The gate runs the contract single-threaded: its tensors are too small for intra-op threads."""
+"""The gate's processes: one torch thread (tiny tensors) and a frozen start-up heap."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -12,9 +13,10 @@ import pytest
 import torch
 
 import robustness.gate as gate
+from robustness import gate_runtime
 
 ROOT = Path(__file__).resolve().parents[2]
-THREADS_PROBE = "tests.robustness.threads_probe:MultiTaskLoss"
+RUNTIME_PROBE = "tests.robustness.runtime_probe:MultiTaskLoss"
 
 
 def test_single_threaded_torch_sets_and_restores_threads_and_environment(monkeypatch):
@@ -31,7 +33,9 @@ def test_single_threaded_torch_sets_and_restores_threads_and_environment(monkeyp
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
-def test_the_contract_runs_with_one_torch_thread_in_process_and_in_workers(tmp_path, workers):
+def test_the_contract_runs_single_threaded_on_a_frozen_heap_in_process_and_in_workers(
+    tmp_path, workers
+):
     report = tmp_path / "report.json"
     done = subprocess.run(
         [
@@ -40,7 +44,7 @@ def test_the_contract_runs_with_one_torch_thread_in_process_and_in_workers(tmp_p
             "robustness",
             "gate",
             "--target",
-            THREADS_PROBE,
+            RUNTIME_PROBE,
             "--metrics",
             "none",
             "--rules",
@@ -64,3 +68,10 @@ def test_the_contract_runs_with_one_torch_thread_in_process_and_in_workers(tmp_p
     rows = json.loads(report.read_text())["rows"]
     assert rows
     assert {row["status"] for row in rows} == {"pass"}
+
+
+def test_the_runtime_plugin_unfreezes_the_heap_when_pytest_ends() -> None:
+    gate_runtime.pytest_collection_finish(None)  # type: ignore[arg-type]
+    assert gc.get_freeze_count() > 0
+    gate_runtime.pytest_unconfigure(None)  # type: ignore[arg-type]
+    assert gc.get_freeze_count() == 0
