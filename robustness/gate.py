@@ -215,7 +215,7 @@ def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=None,
         help="pytest-xdist workers; 0 runs in this process (default: 2; with --changed, 0 "
-        "when only one term changed)",
+        "when only one term runs, or under --profile commit one term and total_loss)",
     )
     parser.add_argument(
         "--rules", default=None, metavar="ID[,ID...]", help="check only these rule ids"
@@ -927,7 +927,7 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
             print(plan.nothing_line())
             return EXIT_OK
         if options.workers is None:
-            few = plan is not None and changes.serial_is_faster(plan.run)
+            few = plan is not None and changes.serial_is_faster(plan.run, profile=options.profile)
             options.workers = 0 if few else min(2, os.cpu_count() or 1)
         terms = ["--robustness-terms", ",".join(plan.run)] if plan is not None else []
         run = _run_pytest(options, loss, metrics, baseline, terms)
