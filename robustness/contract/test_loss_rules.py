@@ -349,13 +349,20 @@ def test_every_batch_size_works(loss_target, contract_device, term, batch):
 # --------------------------------------------------------------------------- C-SHAPE-1
 
 
+# Built once: building a batch strategy costs about 4 ms (its composite is compiled), more than
+# drawing a small batch, and these tests draw one per example.
+_SHAPE_BATCHES = {
+    name: multitask_batches(**spec.options) for name, spec in LOSS_SHAPE_CASES.items()
+}
+
+
 @pytest.mark.rule("C-SHAPE-1")
 @pytest.mark.parametrize(
     ("term", "case"), [(spec.term, name) for name, spec in LOSS_SHAPE_CASES.items()]
 )
 @given(data=st.data())
 def test_mismatched_shapes_raise_value_error(loss_target, contract_device, term, case, data):
-    batch = data.draw(multitask_batches(**LOSS_SHAPE_CASES[case].options), label="batch")
+    batch = data.draw(_SHAPE_BATCHES[case], label="batch")
     check_shape_mismatch(loss_target, _on(batch, contract_device, term), term=term, case=case)
 
 
@@ -371,13 +378,18 @@ def test_remainder_batch_base_prediction_is_never_sliced(loss_target, contract_d
 # --------------------------------------------------------------------------- C-INPUT-1
 
 
+_INPUT_BATCHES = {
+    name: multitask_batches(**spec.options) for name, spec in LOSS_INPUT_CASES.items()
+}
+
+
 @pytest.mark.rule("C-INPUT-1")
 @pytest.mark.parametrize(
     ("term", "case"), [(spec.term, name) for name, spec in LOSS_INPUT_CASES.items()]
 )
 @given(data=st.data())
 def test_invalid_values_raise_value_error(loss_target, contract_device, term, case, data):
-    batch = data.draw(multitask_batches(**LOSS_INPUT_CASES[case].options), label="batch")
+    batch = data.draw(_INPUT_BATCHES[case], label="batch")
     check_invalid_inputs(loss_target, _on(batch, contract_device, term), term=term, case=case)
 
 
@@ -518,15 +530,16 @@ def test_device_results_equal_cpu_results(loss_target, other_device, term, batch
 # --------------------------------------------------------------------------- C-INVARIANT-1
 
 
+_INVARIANT_BATCHES = st.sampled_from([REMAINDER, DUPLICATES, NAN_PADDING]) | ORDINARY
+
+
 @pytest.mark.rule("C-INVARIANT-1")
 @pytest.mark.parametrize("term", LOSS_TERMS)
 @given(data=st.data())
 def test_terms_are_nonnegative_permutation_invariant_and_sum_to_the_total(
     loss_target, contract_device, term, data
 ):
-    batch = data.draw(
-        st.sampled_from([REMAINDER, DUPLICATES, NAN_PADDING]) | ORDINARY, label="batch"
-    )
+    batch = data.draw(_INVARIANT_BATCHES, label="batch")
     order = data.draw(st.permutations(range(batch.batch_size)), label="permutation")
     check_invariants(loss_target, _on(batch, contract_device, term), term=term, permutation=order)
 
