@@ -100,6 +100,7 @@ _GATE_PLUGINS = (
     "_hypothesis_pytestplugin",
     "robustness.plugin",
     "robustness.changes_plugin",
+    "robustness.gate_runtime",
 )
 # Hypothesis's per-phase statistics line: "N passing examples, M failing examples" up to
 # 6.16x, "N passing, M failing, and K invalid test cases" since.
@@ -214,7 +215,7 @@ def build_parser(prog: str = "robustness gate") -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=None,
         help="pytest-xdist workers; 0 runs in this process (default: 2; with --changed, 0 "
-        "when only one term changed)",
+        "when only one term runs, or under --profile commit one term and total_loss)",
     )
     parser.add_argument(
         "--rules", default=None, metavar="ID[,ID...]", help="check only these rule ids"
@@ -367,6 +368,37 @@ def _hermetic_plugins(workers: int) -> Iterator[None]:
     try:
         yield
     finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+#: Environment variables that set the intra-op threads of torch's CPU backends at import.
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _single_threaded_torch() -> Iterator[None]:
+    """Run torch with one intra-op thread here and in the workers and ranks started meanwhile.
+
+    The contract's tensors are tiny, so intra-op threads only add synchronization, and
+    ``N`` workers of ``N`` threads each oversubscribe ``N`` cores: measured on 2 cores, the
+    serial contract took 28.1 s of CPU with 2 threads and 18.8 s with 1. Workers read the
+    environment when they import torch; this process is already running, so it is set directly.
+    The verdict does not depend on it (no contract tensor reaches a parallel kernel's grain).
+    """
+    import torch
+
+    saved = {key: os.environ.get(key) for key in _THREAD_ENV}
+    threads = torch.get_num_threads()
+    os.environ.update({key: "1" for key in _THREAD_ENV})
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -709,7 +741,11 @@ def _run_pytest(
     # pytest's own progress lines are noise next to the gate's table: keep them, and show
     # them only when the run itself broke (they then hold pytest's explanation).
     pytest_output = io.StringIO()
-    with _hermetic_plugins(options.workers), contextlib.redirect_stdout(pytest_output):
+    with (
+        _hermetic_plugins(options.workers),
+        _single_threaded_torch(),
+        contextlib.redirect_stdout(pytest_output),
+    ):
         code = pytest.main(
             _pytest_args(options, loss.spec, metrics.spec) + baseline.args() + list(extra),
             plugins=[collector],
@@ -891,7 +927,7 @@ def run_gate(argv: Sequence[str] | None = None) -> int:
             print(plan.nothing_line())
             return EXIT_OK
         if options.workers is None:
-            few = plan is not None and changes.serial_is_faster(plan.run)
+            few = plan is not None and changes.serial_is_faster(plan.run, profile=options.profile)
             options.workers = 0 if few else min(2, os.cpu_count() or 1)
         terms = ["--robustness-terms", ",".join(plan.run)] if plan is not None else []
         run = _run_pytest(options, loss, metrics, baseline, terms)

@@ -70,6 +70,7 @@ from robustness.baseline import (
     RegressSelection,
 )
 from robustness.config import RobustnessConfig, load_config, metrics_disabled
+from robustness.contract._row import RUNNING_TERM
 from robustness.devices import DEVICE_CHOICES, device_params
 from robustness.errors import ContractViolation, HarnessUsageError
 from robustness.target import (
@@ -566,6 +567,23 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.section("robustness: skipped contract tests", sep="-")
         for reason, count in sorted(reasons.items()):
             terminalreporter.write_line(f"{count} × {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Expose the test's ``term`` parameter (:mod:`robustness.contract._row`) while it runs.
+
+    Per-term rows judge a batch restricted to their term's head; the contract's strategies
+    read the term to draw values for that head only instead of drawing every head and
+    throwing the others away (most of the cost of a per-term example).
+    """
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    term = params.get("term")
+    token = RUNNING_TERM.set(term if isinstance(term, str) else None)
+    try:
+        yield
+    finally:
+        RUNNING_TERM.reset(token)
 
 
 @pytest.hookimpl(hookwrapper=True)

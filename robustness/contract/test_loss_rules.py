@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from robustness.contract._row import running_term
 from robustness.properties._losses import (
     LOSS_INPUT_CASES,
     LOSS_SHAPE_CASES,
@@ -47,15 +49,42 @@ from robustness.properties._losses import (
     check_zero_class_weights,
 )
 from robustness.properties._regress import _only_head
-from robustness.strategies import MultiTaskBatch, multitask_batches
+from robustness.strategies import TERMS, MultiTaskBatch, multitask_batches
 
 PER_HEAD = ("target_loss", "count_loss", "base_loss", "nuc_loss")
 EMPTIABLE = ("count_loss", "base_loss", "nuc_loss", "total_loss")
 HALVES = st.sampled_from([torch.float16, torch.bfloat16])
+_HEAD_OF = {"target_loss": "target", "count_loss": "count", "base_loss": "base", "nuc_loss": "nuc"}
 
-# Batches with every head; ordinary values, or finite extremes of the dtype.
-ORDINARY = multitask_batches(allow_noncontiguous=True)
-FINITE = multitask_batches(allow_noncontiguous=True) | multitask_batches(kind="extreme")
+
+def row_batches(**options: Any) -> st.SearchStrategy[MultiTaskBatch]:
+    """``multitask_batches(**options)``, drawing tensors only for the running row's head.
+
+    A per-term row judges the batch restricted to its term's head (:func:`_for`). The other
+    heads' sizes and options are still drawn (``values_for``), so the restricted batch is
+    distributed exactly as a batch of every head restricted afterwards, without drawing the
+    tensors that would be thrown away (they were most of a per-term example's cost).
+    ``total_loss`` rows, and tests without a ``term`` parameter, draw every head.
+    """
+    heads = tuple(options.get("terms", TERMS))
+    every_head = multitask_batches(**options)
+    by_term = {
+        term: multitask_batches(values_for=(head,), **options)
+        for term, head in _HEAD_OF.items()
+        if head in heads
+    }
+
+    @st.composite
+    def draw_row_batch(draw: st.DrawFn) -> MultiTaskBatch:
+        return draw(by_term.get(running_term() or "", every_head))
+
+    return draw_row_batch()
+
+
+# Batches with every head (values only for a per-term row's head); ordinary values, or finite
+# extremes of the dtype.
+ORDINARY = row_batches(allow_noncontiguous=True)
+FINITE = row_batches(allow_noncontiguous=True) | row_batches(kind="extreme")
 
 
 # --------------------------------------------------------------------------- historical batches
@@ -272,7 +301,7 @@ def test_garbage_at_padding_gets_exactly_zero_gradient(loss_target, contract_dev
 @pytest.mark.rule("C-PAD-1")
 @pytest.mark.parametrize("term", ["count_loss", "nuc_loss", "total_loss"])
 @given(
-    batch=ORDINARY | multitask_batches(terms=("count", "nuc")),
+    batch=ORDINARY | row_batches(terms=("count", "nuc")),
     extra_asvs=st.integers(0, 3),
     extra_len=st.integers(0, 3),
     extra_rows=st.integers(0, 2),
@@ -297,7 +326,7 @@ def test_more_padding_never_changes_a_value(
 
 @pytest.mark.rule("C-EMPTY-1")
 @pytest.mark.parametrize("term", EMPTIABLE)
-@given(batch=multitask_batches(encoder_type="unifrac"))
+@given(batch=row_batches(encoder_type="unifrac"))
 @example(batch=ALL_PADDING)
 @example(batch=DUPLICATES)
 def test_empty_terms_are_zero_and_connected(loss_target, contract_device, term, batch):
@@ -320,13 +349,20 @@ def test_every_batch_size_works(loss_target, contract_device, term, batch):
 # --------------------------------------------------------------------------- C-SHAPE-1
 
 
+# Built once: building a batch strategy costs about 4 ms (its composite is compiled), more than
+# drawing a small batch, and these tests draw one per example.
+_SHAPE_BATCHES = {
+    name: multitask_batches(**spec.options) for name, spec in LOSS_SHAPE_CASES.items()
+}
+
+
 @pytest.mark.rule("C-SHAPE-1")
 @pytest.mark.parametrize(
     ("term", "case"), [(spec.term, name) for name, spec in LOSS_SHAPE_CASES.items()]
 )
 @given(data=st.data())
 def test_mismatched_shapes_raise_value_error(loss_target, contract_device, term, case, data):
-    batch = data.draw(multitask_batches(**LOSS_SHAPE_CASES[case].options), label="batch")
+    batch = data.draw(_SHAPE_BATCHES[case], label="batch")
     check_shape_mismatch(loss_target, _on(batch, contract_device, term), term=term, case=case)
 
 
@@ -342,13 +378,18 @@ def test_remainder_batch_base_prediction_is_never_sliced(loss_target, contract_d
 # --------------------------------------------------------------------------- C-INPUT-1
 
 
+_INPUT_BATCHES = {
+    name: multitask_batches(**spec.options) for name, spec in LOSS_INPUT_CASES.items()
+}
+
+
 @pytest.mark.rule("C-INPUT-1")
 @pytest.mark.parametrize(
     ("term", "case"), [(spec.term, name) for name, spec in LOSS_INPUT_CASES.items()]
 )
 @given(data=st.data())
 def test_invalid_values_raise_value_error(loss_target, contract_device, term, case, data):
-    batch = data.draw(multitask_batches(**LOSS_INPUT_CASES[case].options), label="batch")
+    batch = data.draw(_INPUT_BATCHES[case], label="batch")
     check_invalid_inputs(loss_target, _on(batch, contract_device, term), term=term, case=case)
 
 
@@ -357,7 +398,7 @@ def test_invalid_values_raise_value_error(loss_target, contract_device, term, ca
 
 @pytest.mark.rule("C-NONFINITE-1")
 @pytest.mark.parametrize("term", PER_HEAD)
-@given(batch=multitask_batches(min_batch=2, allow_noncontiguous=True), bad=st.integers(1, 4))
+@given(batch=row_batches(min_batch=2, allow_noncontiguous=True), bad=st.integers(1, 4))
 @example(batch=REMAINDER, bad=1)
 @example(batch=DUPLICATES, bad=3)
 @example(batch=ALL_PADDING, bad=2)
@@ -460,7 +501,7 @@ HALF_SQUARES = _as_half(_full_batch(3, scale=300.0, seed=6))
 
 @pytest.mark.rule("C-DTYPE-1")
 @pytest.mark.parametrize("term", LOSS_TERMS)
-@given(batch=multitask_batches(dtype=HALVES) | multitask_batches(dtype=HALVES, kind="extreme"))
+@given(batch=row_batches(dtype=HALVES) | row_batches(dtype=HALVES, kind="extreme"))
 @example(batch=HALF_SQUARES)
 def test_half_inputs_accumulate_in_float32(loss_target, contract_device, term, batch):
     check_half_precision(loss_target, _on(batch, contract_device, term), term=term)
@@ -489,15 +530,16 @@ def test_device_results_equal_cpu_results(loss_target, other_device, term, batch
 # --------------------------------------------------------------------------- C-INVARIANT-1
 
 
+_INVARIANT_BATCHES = st.sampled_from([REMAINDER, DUPLICATES, NAN_PADDING]) | ORDINARY
+
+
 @pytest.mark.rule("C-INVARIANT-1")
 @pytest.mark.parametrize("term", LOSS_TERMS)
 @given(data=st.data())
 def test_terms_are_nonnegative_permutation_invariant_and_sum_to_the_total(
     loss_target, contract_device, term, data
 ):
-    batch = data.draw(
-        st.sampled_from([REMAINDER, DUPLICATES, NAN_PADDING]) | ORDINARY, label="batch"
-    )
+    batch = data.draw(_INVARIANT_BATCHES, label="batch")
     order = data.draw(st.permutations(range(batch.batch_size)), label="permutation")
     check_invariants(loss_target, _on(batch, contract_device, term), term=term, permutation=order)
 

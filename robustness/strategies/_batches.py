@@ -534,6 +534,21 @@ def _check_terms(terms: object) -> tuple[str, ...]:
     return tuple(t for t in TERMS if t in chosen)
 
 
+def _check_values_for(values_for: object, heads: tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(values_for, str) or not isinstance(values_for, Iterable):
+        raise HarnessUsageError(
+            f"values_for must be None or a tuple of head names from terms={heads!r}, got "
+            f"values_for={values_for!r}; e.g. values_for=('count',)"
+        )
+    chosen = tuple(values_for)
+    if not chosen or not set(chosen) <= set(heads):
+        raise HarnessUsageError(
+            f"values_for must be a non-empty subset of terms={heads!r}, got "
+            f"values_for={chosen!r}; add the head to terms or leave values_for=None"
+        )
+    return tuple(t for t in heads if t in chosen)
+
+
 def _dtype_strategy(dtype: object) -> st.SearchStrategy[torch.dtype]:
     if dtype is None:
         return st.sampled_from(FLOAT_DTYPES)
@@ -655,23 +670,33 @@ def _draw_class_weights(draw: st.DrawFn, num_classes: int, labels: np.ndarray) -
 
 
 def _asv_structure(
-    draw: st.DrawFn, batch: int, asvs: int, length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validity of ASVs ``[B, A]`` and of positions ``[B, A, L]`` (only inside valid ASVs)."""
+    draw: st.DrawFn, batch: int, asvs: int, length: int, *, positions: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validity of ASVs ``[B, A]`` and of positions ``[B, A, L]`` (only inside valid ASVs).
+
+    With ``positions=False`` the positions are not drawn (``None``): the ASVs' validity is
+    drawn first and does not depend on them.
+    """
     layout = draw(st.sampled_from(["trailing_padding", "leading_padding", "interleaved"]))
     if layout == "interleaved":
         asv_valid = draw(hnp.arrays(np.bool_, (batch, asvs)))
+        if not positions:
+            return asv_valid, None
         pos_valid = draw(hnp.arrays(np.bool_, (batch, asvs, length)))
     else:
         counts = np.array(draw(st.lists(st.integers(0, asvs), min_size=batch, max_size=batch)))
+        if layout == "trailing_padding":
+            asv_valid = np.arange(asvs) < counts[:, None]
+        else:
+            asv_valid = np.arange(asvs) >= asvs - counts[:, None]
+        if not positions:
+            return asv_valid, None
         lengths = np.array(
             draw(st.lists(st.integers(0, length), min_size=batch * asvs, max_size=batch * asvs))
         ).reshape(batch, asvs)
         if layout == "trailing_padding":
-            asv_valid = np.arange(asvs) < counts[:, None]
             pos_valid = np.arange(length) < lengths[..., None]
         else:
-            asv_valid = np.arange(asvs) >= asvs - counts[:, None]
             pos_valid = np.arange(length) >= length - lengths[..., None]
     return asv_valid, pos_valid & asv_valid[..., None]
 
@@ -695,6 +720,7 @@ def multitask_batches(
     mask_dtype: torch.dtype | None = None,
     class_weights: bool | None = None,
     allow_noncontiguous: bool = False,
+    values_for: Iterable[str] | None = None,
 ) -> st.SearchStrategy[MultiTaskBatch]:
     """Ragged, padded multi-task loss batches (:class:`MultiTaskBatch`) of the requested heads.
 
@@ -728,12 +754,18 @@ def multitask_batches(
             bool, int64, int32, float32, float64 (the same for both masks).
         class_weights: classification with class weights; ``None`` draws it.
         allow_noncontiguous: sometimes give outputs as non-contiguous views.
+        values_for: heads (a subset of ``terms``) whose tensors are drawn; ``None`` means
+            every head. The other heads' sizes and options (classifier, class weights,
+            encoder, loss type) are still drawn, their tensors are not: the batch is
+            distributed as a batch of every head in ``terms`` with only these heads kept,
+            without the cost of drawing values that would be thrown away.
 
     Raises:
         HarnessUsageError: when built with an invalid argument (naming it, its value and a
             fix), e.g. ``embeddings=True`` with ``encoder_type="faith_pd"``.
     """
     heads = _check_terms(terms)
+    drawn = heads if values_for is None else _check_values_for(values_for, heads)
     dtypes_ = _dtype_strategy(dtype)
     _check_optional_bool("classifier", classifier)
     _check_choice("encoder_type", encoder_type, ENCODER_TYPES)
@@ -788,12 +820,16 @@ def multitask_batches(
         is_classifier = False
         encoder = "unifrac"
         use_embeddings = False
-        masked = "count" in heads or "nuc" in heads
+        # Sizes and validity that only the masked heads' tensors use are drawn for them alone
+        # (values_for): no option or other head depends on them.
+        masked = "count" in drawn or "nuc" in drawn
         if masked:
             asvs = draw(st.integers(1, max_asvs))
-            length = draw(st.integers(1, max_len)) if "nuc" in heads else 1
-            v = draw(st.integers(1, vocab)) if "nuc" in heads else 1
-            asv_valid, pos_valid = _asv_structure(draw, batch, asvs, length)
+            length = draw(st.integers(1, max_len)) if "nuc" in drawn else 1
+            v = draw(st.integers(1, vocab)) if "nuc" in drawn else 1
+            asv_valid, pos_valid = _asv_structure(
+                draw, batch, asvs, length, positions="nuc" in drawn
+            )
             mdtype = mask_dtype or draw(st.sampled_from(MASK_DTYPES))
         if "target" in heads:
             is_classifier = classifier if classifier is not None else draw(st.booleans())
@@ -827,7 +863,7 @@ def multitask_batches(
         def values(shape: tuple[int, ...], value_kind: str = kind) -> torch.Tensor:
             return _values(draw, shape, chosen, value_kind)
 
-        if "target" in heads:
+        if "target" in drawn:
             if is_classifier:
                 if kind == "ordinary":
                     logits = values((batch, k)).double()
@@ -843,14 +879,14 @@ def multitask_batches(
             padded["target_prediction"] = torch.zeros(
                 outputs["target_prediction"].shape, dtype=torch.bool
             )
-        if "count" in heads:
+        if "count" in drawn:
             pred = values((batch, asvs, 1))
             true = values((batch, asvs, 1), truths)
             outputs["count_prediction"] = pred
             targets["counts"] = true
             targets["mask"] = as_mask(asv_valid, mdtype)
             padded["count_prediction"] = torch.from_numpy(~asv_valid[..., None].copy())
-        if "base" in heads:
+        if "base" in drawn:
             if encoder == "faith_pd":
                 outputs["base_prediction"] = values((batch, 1))
                 targets["base_target"] = values((batch, 1), truths).abs()
@@ -865,7 +901,8 @@ def multitask_batches(
                 else:
                     outputs["base_prediction"] = values((batch, batch))
                     padded["base_prediction"] = diagonal
-        if "nuc" in heads:
+        if "nuc" in drawn:
+            assert pos_valid is not None  # drawn with the nuc head
             outputs["nuc_predictions"] = values((batch, asvs, length, v))
             ids = draw(hnp.arrays(np.int64, (batch, asvs, length), elements=st.integers(0, v - 1)))
             pad_id = draw(st.sampled_from([_PAD_ID, v]))

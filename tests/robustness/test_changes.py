@@ -365,3 +365,20 @@ def test_without_the_terms_option_every_test_stays():
     items = [_Item(t) for t in ("count_loss", "count")]
     changes_plugin.pytest_collection_modifyitems(_Config(None), items)
     assert len(items) == 2
+
+
+@pytest.mark.parametrize(
+    ("terms", "profile", "serial"),
+    [
+        (["count_loss"], "dev", True),
+        (["count_loss", "total_loss"], "dev", False),
+        # An edit to one loss term reruns it and total_loss: under commit, serial (7.1 s CPU
+        # against 15.2 s with 2 workers, docs/gate-speed.md).
+        (["count_loss", "total_loss"], "commit", True),
+        (["total_loss"], "commit", True),
+        (["count_loss", "nuc_loss", "total_loss"], "commit", False),
+        (["regression", "classification"], "commit", False),
+    ],
+)
+def test_one_term_and_the_total_run_serially_under_the_commit_profile(terms, profile, serial):
+    assert changes.serial_is_faster(terms, profile=profile) is serial

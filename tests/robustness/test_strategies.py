@@ -311,6 +311,24 @@ def test_batches_hold_only_the_requested_heads(data: st.DataObject) -> None:
 
 
 @given(st.data())
+def test_batches_hold_values_only_for_values_for(data: st.DataObject) -> None:
+    terms = data.draw(st.sets(st.sampled_from(rs.TERMS), min_size=1).map(tuple))
+    values_for = data.draw(st.sets(st.sampled_from(terms), min_size=1).map(tuple))
+    batch = data.draw(multitask_batches(terms=terms, values_for=values_for))
+    assert set(batch.terms) == set(values_for)
+    assert_consistent(batch)
+
+
+def test_values_for_still_draws_the_other_heads_options() -> None:
+    # A count row restricted from a batch of every head saw classifier, class-weight and
+    # faith_pd options; drawing only the count head's values must keep them.
+    only_count = multitask_batches(values_for=("count",))
+    reach(only_count, lambda b: b.is_classifier and "class_weights" in b.loss_kwargs)
+    reach(only_count, lambda b: b.encoder_type == "faith_pd")
+    reach(only_count, lambda b: b.loss_kwargs.get("target_loss_type") == "huber")
+
+
+@given(st.data())
 def test_batches_respect_fixed_options(data: st.DataObject) -> None:
     dtype = data.draw(dtypes())
     classifier = data.draw(st.booleans())
@@ -671,6 +689,9 @@ def test_term_inputs_name_an_absent_head() -> None:
             lambda: multitask_batches(class_weights=True, classifier=False),
             "classifier=True",
         ),
+        (lambda: multitask_batches(values_for="count"), "values_for='count'"),
+        (lambda: multitask_batches(terms=("count",), values_for=("nuc",)), "values_for=('nuc',)"),
+        (lambda: multitask_batches(values_for=()), "values_for=()"),
         (lambda: embeddings(max_batch=0), "max_batch=0"),
         (lambda: embeddings(dim=0), "dim=0"),
         (lambda: float_elements(torch.int32), "dtype=torch.int32"),
