@@ -8,6 +8,7 @@ like the rest of the suite, so the gate reports and selects them by rule id.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 from hypothesis import given
 
 from robustness.errors import ContractViolation
+from robustness.properties._losses import check_reference_values
 from robustness.properties._regress import _only_head
 from robustness.strategies import MultiTaskBatch, multitask_batches
 from robustness.target import LossTarget
@@ -332,3 +334,40 @@ def test_uint8_nucleotide_ids_with_a_large_vocabulary_are_valid_including_id_0(
             "uint8 ids give another value than the same int64 ids",
             details={"uint8": small.item(), "int64": wide.item()},
         )
+
+
+# --------------------------------------------------------------------------- C-REF-1 (float masks)
+
+#: Valid entries of a float mask, by turns: any non-zero value marks a valid position.
+_SIGNED_MASK_VALUES = (-1.0, 2.0, 0.5)
+
+
+def _signed_float_masks(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with float32 masks holding -1.0, 2.0 and 0.5 by turns where it is valid."""
+    targets = dict(batch.targets)
+    for key in ("mask", "nuc_mask"):
+        mask = targets.get(key)
+        if mask is None:
+            continue
+        turns = torch.tensor(_SIGNED_MASK_VALUES, device=mask.device)
+        values = turns[torch.arange(mask.numel(), device=mask.device) % len(turns)]
+        targets[key] = torch.where(mask != 0, values.reshape(mask.shape), 0.0)
+    return dataclasses.replace(batch, targets=targets)
+
+
+@pytest.mark.rule("C-REF-1")
+@pytest.mark.parametrize("term", ["count_loss", "nuc_loss"])
+@given(batch=multitask_batches())
+def test_float_masks_are_valid_wherever_non_zero_negative_entries_included(
+    loss_target, contract_device, term, batch
+):
+    """A position is valid where ``mask != 0``: a float mask's -1.0 marks a valid position.
+
+    The drawn masks hold only 0 and 1, so a loss that reads validity as ``mask > 0`` passed
+    every other rule. Kills ``boundary-flipped`` (``mask != 0`` -> ``mask > 0``) in aam's
+    ``_count_inputs`` and in ``compute_nucleotide_loss``.
+    """
+    if term.removesuffix("_loss") not in batch.terms:
+        return
+    batch = _only_head(_signed_float_masks(batch), term).to(contract_device)
+    check_reference_values(loss_target, batch, term=term)
