@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import torch
 from hypothesis import given
+from hypothesis import strategies as st
 
-from robustness.errors import ContractViolation
-from robustness.properties._losses import check_reference_values
+from robustness.errors import ContractViolation, HarnessUsageError
+from robustness.properties._losses import (
+    _Case,
+    _expect_value_error,
+    _names,
+    check_reference_values,
+)
 from robustness.properties._regress import _only_head
+from robustness.references import HUBER_DELTA
 from robustness.strategies import MultiTaskBatch, multitask_batches
 from robustness.target import LossTarget
 
@@ -94,13 +103,8 @@ def test_garbage_in_padded_truths_never_changes_a_value(loss_target, contract_de
 
 # --------------------------------------------------------------------------- C-INPUT-1 (types)
 
-# Prediction key -> the term its errors must name.
-_PREDICTIONS = {
-    "target_prediction": "target_loss",
-    "count_prediction": "count_loss",
-    "base_prediction": "base_loss",
-    "nuc_predictions": "nuc_loss",
-}
+
+_Build = Callable[[MultiTaskBatch], MultiTaskBatch]
 
 
 def _integer(t: torch.Tensor) -> torch.Tensor:
@@ -111,159 +115,217 @@ def _listed(t: torch.Tensor) -> object:
     return t.detach().tolist()
 
 
-@pytest.mark.rule("C-INPUT-1")
-@pytest.mark.parametrize("key", list(_PREDICTIONS))
-@pytest.mark.parametrize("bad", [_integer, _listed], ids=["integer-dtype", "python-list"])
-@given(batch=multitask_batches())
-def test_a_prediction_that_is_not_a_floating_tensor_raises_naming_the_term(
-    loss_target, contract_device, key, bad, batch
-):
-    """Bad input gets a clear error: an integer tensor or a list where logits belong.
+def _bad_output(key: str, bad: Callable[[torch.Tensor], object]) -> _Build:
+    def build(batch: MultiTaskBatch) -> MultiTaskBatch:
+        return dataclasses.replace(batch, outputs={**batch.outputs, key: bad(batch.outputs[key])})
 
-    Kills ``raise-removed`` in aam's ``_require_tensor`` / ``_require_floating``: without the
-    check an integer prediction is silently accepted (or fails deep inside with an
-    AttributeError that names nothing).
-    """
-    if key not in batch.outputs:
-        return
-    term = _PREDICTIONS[key]
-    batch = _only_head(batch, term).to(contract_device)  # per-term isolation
-    outputs = dict(batch.outputs)
-    outputs[key] = bad(outputs[key])
-    loss = loss_target.make(**batch.loss_kwargs)
-    try:
-        loss(
-            outputs,
-            batch.targets,
-            is_classifier=batch.is_classifier,
-            encoder_type=batch.encoder_type,
+    return build
+
+
+def _bad_target(key: str, dtype: torch.dtype) -> _Build:
+    def build(batch: MultiTaskBatch) -> MultiTaskBatch:
+        return dataclasses.replace(
+            batch, targets={**batch.targets, key: batch.targets[key].to(dtype)}
         )
-    except (TypeError, ValueError) as exc:
-        if term in str(exc):
-            return
-        raise ContractViolation(
+
+    return build
+
+
+def _kwarg(name: str, value: object) -> _Build:
+    def build(batch: MultiTaskBatch) -> MultiTaskBatch:
+        return dataclasses.replace(batch, loss_kwargs={**batch.loss_kwargs, name: value})
+
+    return build
+
+
+def _two_count_columns(batch: MultiTaskBatch) -> MultiTaskBatch:
+    outputs, targets = dict(batch.outputs), dict(batch.targets)
+    outputs["count_prediction"] = outputs["count_prediction"].detach().repeat(1, 1, 2)
+    targets["counts"] = targets["counts"].repeat(1, 1, 2)
+    return dataclasses.replace(batch, outputs=outputs, targets=targets)
+
+
+@dataclass(frozen=True)
+class _GapCase:
+    """One bad input: the term whose error names it, how to build it, what it must name."""
+
+    rule: str
+    term: str
+    needs: str  # the output or target key the batch must have
+    build: _Build
+    names: tuple[str, ...]
+    description: str
+    expected: tuple[type[Exception], ...] = (ValueError,)
+    grad: bool = True
+    head: str = ""  # the term whose head the batch keeps ("": ``term``'s)
+
+
+_PREDICTIONS = {
+    "target_prediction": "target_loss",
+    "count_prediction": "count_loss",
+    "base_prediction": "base_loss",
+    "nuc_predictions": "nuc_loss",
+}
+_TYPES = (TypeError, ValueError)
+
+#: Bad inputs no other contract test drew; each kills a ``raise-removed`` mutant of aam.
+GAP_CASES: dict[str, _GapCase] = {
+    **{
+        f"{key}-integer-dtype": _GapCase(
             "C-INPUT-1",
             term,
-            f"{key} as {bad.__name__[1:]} raised without naming {term}",
-            details={"exception": f"{type(exc).__name__}: {exc}"},
-        ) from exc
-    except Exception as exc:
-        raise ContractViolation(
+            key,
+            _bad_output(key, _integer),
+            (term,),
+            f"{key} as an int64 tensor",
+            _TYPES,
+            grad=False,
+        )
+        for key, term in _PREDICTIONS.items()
+    },
+    **{
+        f"{key}-python-list": _GapCase(
             "C-INPUT-1",
             term,
-            f"{key} as {bad.__name__[1:]} raised {type(exc).__name__}, not a TypeError or "
-            f"ValueError naming {term}",
-            details={"exception": f"{type(exc).__name__}: {exc}"},
-        ) from exc
-    raise ContractViolation(
+            key,
+            _bad_output(key, _listed),
+            (term,),
+            f"{key} as a Python list",
+            _TYPES,
+            grad=False,
+        )
+        for key, term in _PREDICTIONS.items()
+    },
+    "nucleotides-as-float": _GapCase(
         "C-INPUT-1",
-        term,
-        f"{key} as {bad.__name__[1:]} was accepted; expected a TypeError "
-        f"or ValueError naming {term}",
-        details={"dtype": str(batch.dtype)},
+        "nuc_loss",
+        "nucleotides",
+        _bad_target("nucleotides", torch.float32),
+        ("nuc_loss",),
+        "float32 nucleotide ids",
+    ),
+    "class-ids-as-float": _GapCase(
+        "C-INPUT-1",
+        "target_loss",
+        "target",
+        _bad_target("target", torch.float32),
+        ("target_loss",),
+        "float32 class ids",
+    ),
+    "counts-as-complex": _GapCase(
+        "C-INPUT-1",
+        "count_loss",
+        "counts",
+        _bad_target("counts", torch.complex64),
+        ("count_loss",),
+        "complex64 counts",
+    ),
+    "base-target-as-complex": _GapCase(
+        "C-INPUT-1",
+        "base_loss",
+        "base_target",
+        _bad_target("base_target", torch.complex64),
+        ("base_loss",),
+        "a complex64 base target",
+    ),
+    "unknown-target-loss-type": _GapCase(
+        "C-INPUT-1",
+        "target_loss",
+        "target_prediction",
+        _kwarg("target_loss_type", "hinge"),
+        ("target_loss_type",),
+        "target_loss_type='hinge'",
+    ),
+    "count-prediction-two-columns": _GapCase(
+        "C-SHAPE-1",
+        "count_loss",
+        "count_prediction",
+        _two_count_columns,
+        ("count_loss",),
+        "a [B, A, 2] count prediction (and counts) against a [B, A] mask",
+    ),
+}
+
+# class_weights fail at construction whatever the batch: the batch has no target head, so
+# a loss that accepted them is not stopped later by the check of their length against K.
+GAP_CASES.update(
+    {
+        f"class-weights-{name}": _GapCase(
+            "C-INPUT-1",
+            "total_loss",
+            "count_prediction",
+            _kwarg("class_weights", value),
+            ("class_weights",),
+            f"class_weights {name}",
+            head="count_loss",
+        )
+        for name, value in {
+            "not-numbers": "heavy",
+            "bool": torch.tensor([True, False]),
+            "complex": torch.tensor([1.0 + 1j, 2.0]),
+            "two-dimensional": torch.ones(2, 3),
+            "empty": torch.ones(0),
+        }.items()
+    }
+)
+
+
+def check_gap_inputs(loss: LossTarget, batch: MultiTaskBatch, *, term: str, case: str) -> None:
+    """C-INPUT-1 / C-SHAPE-1: one bad input of :data:`GAP_CASES` raises an error naming it.
+
+    A non-floating prediction (an int64 tensor, a Python list) may raise ``TypeError`` or
+    ``ValueError``; every other case ``ValueError``. The message must name the term (or the
+    constructor argument).
+
+    Raises:
+        ContractViolation: on a silent result, another exception, or an unhelpful message.
+        HarnessUsageError: on an unknown case, or a batch without the case's head.
+    """
+    if case not in GAP_CASES:
+        raise HarnessUsageError(f"case must be one of {', '.join(GAP_CASES)}, got case={case!r}")
+    spec = GAP_CASES[case]
+    if term != spec.term:
+        raise HarnessUsageError(f"case {case!r} is for term={spec.term!r}, got term={term!r}")
+    if spec.needs not in batch.outputs and spec.needs not in batch.targets:
+        raise HarnessUsageError(f"case {case!r} needs a batch with {spec.needs!r}")
+    ctx = _Case(spec.rule, term, check_gap_inputs, batch, {"case": case})
+    _expect_value_error(
+        ctx,
+        loss,
+        spec.build(batch),
+        {"invalid input": spec.description},
+        lambda message: ", ".join(name for name in spec.names if not _names(message, name)),
+        what=spec.description,
+        silently="accepted silently",
+        expected=spec.expected,
+        grad=spec.grad,
     )
 
 
-# Target key -> (the term its errors must name, the bad version of it).
-_BAD_TARGETS = {
-    "nucleotides-as-float": ("nucleotides", "nuc_loss", lambda t: t.to(torch.float32)),
-    "class-ids-as-float": ("target", "target_loss", lambda t: t.to(torch.float32)),
-    "counts-as-complex": ("counts", "count_loss", lambda t: t.to(torch.complex64)),
-    "base-target-as-complex": ("base_target", "base_loss", lambda t: t.to(torch.complex64)),
-}
-
-
 @pytest.mark.rule("C-INPUT-1")
-@pytest.mark.parametrize("case", list(_BAD_TARGETS))
+@pytest.mark.parametrize("case", [c for c, s in GAP_CASES.items() if s.rule == "C-INPUT-1"])
 @given(batch=multitask_batches())
-def test_ids_that_are_not_integers_and_complex_truths_raise_naming_the_term(
+def test_bad_input_types_and_options_raise_naming_the_term(
     loss_target, contract_device, case, batch
 ):
-    """Float ids (they would be truncated) and complex truths get a clear error.
+    """Bad input gets a clear error: non-float predictions, float ids, complex truths, an
+    unknown ``target_loss_type``, unusable ``class_weights``.
 
-    Kills ``raise-removed`` in aam's ``_require_integer`` and ``_require_real``.
+    Kills ``raise-removed`` in aam's ``_require_tensor``, ``_require_floating``,
+    ``_require_integer``, ``_require_real``, ``_validate_class_weights`` and the
+    ``target_loss_type`` check of ``MultiTaskLoss.__init__``.
     """
-    key, term, bad = _BAD_TARGETS[case]
-    if key not in batch.targets or (key == "target" and not batch.is_classifier):
+    spec = GAP_CASES[case]
+    if spec.needs not in batch.outputs and spec.needs not in batch.targets:
         return
-    batch = _only_head(batch, term).to(contract_device)  # per-term isolation
-    targets = dict(batch.targets)
-    targets[key] = bad(targets[key])
-    loss = loss_target.make(**batch.loss_kwargs)
-    try:
-        loss(
-            batch.outputs,
-            targets,
-            is_classifier=batch.is_classifier,
-            encoder_type=batch.encoder_type,
-        )
-    except (TypeError, ValueError) as exc:
-        if term in str(exc):
-            return
-        raise ContractViolation(
-            "C-INPUT-1",
-            term,
-            f"{case} raised without naming {term}",
-            details={"exception": f"{type(exc).__name__}: {exc}"},
-        ) from exc
-    except Exception as exc:
-        raise ContractViolation(
-            "C-INPUT-1",
-            term,
-            f"{case} raised {type(exc).__name__}, not a TypeError or ValueError naming {term}",
-            details={"exception": f"{type(exc).__name__}: {exc}"},
-        ) from exc
-    raise ContractViolation(
-        "C-INPUT-1", term, f"{case} was accepted; expected a ValueError naming {term}"
-    )
-
-
-# --------------------------------------------------------------------------- C-INPUT-1 (weights)
-
-_BAD_CLASS_WEIGHTS = {
-    "not-numbers": "heavy",
-    "bool": torch.tensor([True, False]),
-    "complex": torch.tensor([1.0 + 1j, 2.0]),
-    "two-dimensional": torch.ones(2, 3),
-    "empty": torch.ones(0),
-}
-
-
-@pytest.mark.rule("C-INPUT-1")
-@pytest.mark.parametrize("case", list(_BAD_CLASS_WEIGHTS))
-def test_unusable_class_weights_raise_a_value_error_naming_them(loss_target, case):
-    """class_weights that are not a non-empty 1-D real tensor fail at construction, clearly.
-
-    Kills ``raise-removed`` in aam's ``_validate_class_weights`` (conversion, dtype, shape).
-    """
-    try:
-        loss_target.make(class_weights=_BAD_CLASS_WEIGHTS[case])
-    except ValueError as exc:
-        if "class_weights" in str(exc):
-            return
-        raise ContractViolation(
-            "C-INPUT-1",
-            "target_loss",
-            f"class_weights {case} raised without naming them",
-            details={"exception": str(exc)},
-        ) from exc
-    except Exception as exc:
-        raise ContractViolation(
-            "C-INPUT-1",
-            "target_loss",
-            f"class_weights {case} raised {type(exc).__name__}, not a ValueError",
-            details={"exception": str(exc)},
-        ) from exc
-    raise ContractViolation(
-        "C-INPUT-1", "target_loss", f"class_weights {case} was accepted; expected a ValueError"
-    )
-
-
-# --------------------------------------------------------------------------- C-SHAPE-1 (count)
+    if spec.needs == "target" and not batch.is_classifier:
+        return  # regression truths are floats: "class ids as float" needs class ids
+    head = _only_head(batch, spec.head or spec.term).to(contract_device)  # per-term isolation
+    check_gap_inputs(loss_target, head, term=spec.term, case=case)
 
 
 @pytest.mark.rule("C-SHAPE-1")
-@given(batch=multitask_batches())
+@given(batch=multitask_batches(terms=("count",)))
 def test_count_predictions_with_more_than_one_column_raise_naming_the_term(
     loss_target, contract_device, batch
 ):
@@ -273,31 +335,8 @@ def test_count_predictions_with_more_than_one_column_raise_naming_the_term(
     this input and a silently averaged second column. Kills ``raise-removed`` in aam's
     ``_count_inputs``.
     """
-    if "count_prediction" not in batch.outputs:
-        return
-    batch = _only_head(batch, "count_loss").to(contract_device)  # per-term isolation
-    outputs, targets = dict(batch.outputs), dict(batch.targets)
-    outputs["count_prediction"] = outputs["count_prediction"].detach().repeat(1, 1, 2)
-    targets["counts"] = targets["counts"].repeat(1, 1, 2)
-    loss = loss_target.make(**batch.loss_kwargs)
-    try:
-        loss(outputs, targets, is_classifier=batch.is_classifier, encoder_type=batch.encoder_type)
-    except ValueError as exc:
-        if "count_loss" in str(exc):
-            return
-        raise ContractViolation(
-            "C-SHAPE-1",
-            "count_loss",
-            "a [B, A, 2] count prediction raised without naming count_loss",
-            details={"exception": str(exc)},
-        ) from exc
-    raise ContractViolation(
-        "C-SHAPE-1",
-        "count_loss",
-        "a [B, A, 2] count prediction was accepted; expected a "
-        "ValueError naming count_loss and the shape",
-        details={"count_prediction": tuple(outputs["count_prediction"].shape)},
-    )
+    head = _only_head(batch, "count_loss").to(contract_device)
+    check_gap_inputs(loss_target, head, term="count_loss", case="count-prediction-two-columns")
 
 
 # --------------------------------------------------------------------------- C-INPUT-1 (uint8)
@@ -371,3 +410,97 @@ def test_float_masks_are_valid_wherever_non_zero_negative_entries_included(
         return
     batch = _only_head(_signed_float_masks(batch), term).to(contract_device)
     check_reference_values(loss_target, batch, term=term)
+
+
+# --------------------------------------------------------------------------- C-REF-1 (weights)
+
+
+def _every_class_weighted_3_1_1(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with float32 class weights ``(3, 1, ..., 1)`` and ids cycling every class.
+
+    ``w / max(w)`` is ``1/3``, inexact in float32: normalised in float32 the weights carry a
+    float32 rounding into a float64 loss.
+    """
+    k = int(batch.outputs["target_prediction"].shape[1])
+    weights = torch.ones(k)
+    weights[0] = 3.0
+    ids = torch.arange(batch.batch_size, device=batch.device) % k
+    return dataclasses.replace(
+        batch,
+        targets={**batch.targets, "target": ids},
+        loss_kwargs={**batch.loss_kwargs, "class_weights": weights},
+    )
+
+
+@pytest.mark.rule("C-REF-1")
+@given(
+    batch=multitask_batches(
+        terms=("target",), classifier=True, dtype=torch.float64, min_batch=2, class_weights=True
+    )
+)
+def test_float32_class_weights_keep_a_float64_loss_exact(loss_target, contract_device, batch):
+    """Class weights (a float32 buffer) are normalised in the loss's float64, not in float32.
+
+    Kills ``upcast-removed`` on the weights' promotion in aam's ``_classification_loss``
+    (the bug C-REF-1 once found with weights (3, 1, 1); no dev-profile draw had them).
+    """
+    if batch.outputs["target_prediction"].shape[1] < 2:
+        return
+    batch = _every_class_weighted_3_1_1(batch).to(contract_device)
+    check_reference_values(loss_target, batch, term="target_loss")
+
+
+# --------------------------------------------------------------------------- C-GRAD-1 (huber)
+
+#: Errors ``p - t`` in units of ``HUBER_DELTA``, by turns: both sides of both kinks.
+_HUBER_ERRORS = (-2.0, -0.75, -0.25, 0.5, 1.5)
+
+
+@pytest.mark.rule("C-GRAD-1")
+@given(
+    batch=multitask_batches(
+        terms=("target",), classifier=False, dtype=st.sampled_from([torch.float32, torch.float64])
+    )
+)
+def test_huber_gradient_is_the_clamped_error_over_n(loss_target, contract_device, batch):
+    """``d huber / d p = clamp(p - t, -delta, delta) / n``, in the quadratic regime too.
+
+    C-GRAD-1's tolerance for huber is as wide as its linear-regime gradient (the kink), so a
+    gradient halved inside ``delta`` passed it. Here the errors are placed away from the
+    kinks and the gradient is judged at the rounding of ``p - t``. Kills ``detach-inserted``
+    on ``quad * quad`` in aam's ``_huber``.
+    """
+    batch = batch.to(contract_device)
+    true = batch.targets["target"]
+    dtype = batch.outputs["target_prediction"].dtype
+    turns = torch.tensor(_HUBER_ERRORS, dtype=torch.float64) * HUBER_DELTA
+    errors = turns[torch.arange(true.numel()) % len(turns)].reshape(true.shape)
+    pred = (true.double() + errors.to(true.device)).to(dtype).requires_grad_()
+    loss = loss_target.make(**{**batch.loss_kwargs, "target_loss_type": "huber"})
+    value = loss(
+        {"target_prediction": pred},
+        {"target": true},
+        is_classifier=False,
+        encoder_type=batch.encoder_type,
+    )["target_loss"]
+    (grad,) = torch.autograd.grad(value, pred)
+    p, t = pred.detach().double(), true.double()
+    n = max(pred.numel(), 1)
+    want = (p - t).clamp(-HUBER_DELTA, HUBER_DELTA) / n
+    # p - t and the clamp round at most a few eps of |p| + |t| + delta; /n is exact in 2**k
+    # scaling up to one more rounding.
+    allowed = 8 * torch.finfo(dtype).eps * (p.abs() + t.abs() + HUBER_DELTA) / n
+    off = (grad.double() - want).abs() > allowed
+    if bool(off.any()):
+        first = tuple(int(i) for i in torch.nonzero(off)[0].tolist())
+        raise ContractViolation(
+            "C-GRAD-1",
+            "target_loss",
+            "the huber gradient is not clamp(p - t, -delta, delta) / n",
+            details={
+                "input": batch.describe(),
+                "mismatched": f"{int(off.sum())} / {off.numel()}",
+                "first": f"{first}: gradient {float(grad[first])}, expected {float(want[first])}",
+                "tolerance": f"8 eps (|p| + |t| + delta) / n = {float(allowed[first]):.3g}",
+            },
+        )

@@ -44,8 +44,8 @@ from robustness.mutate.generation import Mutant
 
 __all__ = [
     "RULE_ORDER",
-    "Outcome",
     "KillOrder",
+    "Outcome",
     "Result",
     "RunConfig",
     "TestRecord",
