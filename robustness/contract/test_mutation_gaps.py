@@ -12,13 +12,14 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from robustness.errors import ContractViolation, HarnessUsageError
+from robustness.errors import ContractViolation, HarnessUsageError, ReplaySpec
 from robustness.properties._losses import (
     _Case,
     _expect_value_error,
@@ -28,7 +29,7 @@ from robustness.properties._losses import (
 from robustness.properties._regress import _only_head
 from robustness.references import HUBER_DELTA
 from robustness.strategies import MultiTaskBatch, multitask_batches
-from robustness.target import LossTarget
+from robustness.target import LossTarget, MetricsTarget
 
 # Fills for padded truths: what a data loader leaves in padding (NaN, inf, huge values).
 _FLOAT_FILLS = (("NaN", math.nan), ("+inf", math.inf), ("-inf", -math.inf), ("1e30", 1e30))
@@ -504,3 +505,69 @@ def test_huber_gradient_is_the_clamped_error_over_n(loss_target, contract_device
                 "tolerance": f"8 eps (|p| + |t| + delta) / n = {float(allowed[first]):.3g}",
             },
         )
+
+
+# --------------------------------------------------------------------------- C-METRIC-INPUT-1
+
+
+def _complex_inputs(name: str, device: str) -> tuple[Callable[..., Any], tuple[Any, ...], str]:
+    """``(one-shot metric, arguments with one complex tensor, the argument's name)``."""
+    real = torch.tensor([0.5, 1.5, 2.0], dtype=torch.float64, device=device)
+    wide = torch.complex(real, torch.ones_like(real))
+    ids = torch.tensor([0, 1, 1], device=device)
+    mask = torch.ones(1, 3, dtype=torch.bool, device=device)
+    cases: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+        "regression": ("compute_regression_metrics", "y_pred", (wide, real)),
+        "classification": (
+            "compute_classification_metrics",
+            "y_pred",
+            (torch.complex(real, real).reshape(3, 1).repeat(1, 2), ids),
+        ),
+        "count": (
+            "compute_count_metrics",
+            "count_true",
+            (real.reshape(1, 3, 1), wide.reshape(1, 3, 1), mask),
+        ),
+    }
+    function, argument, args = cases[name]
+    return function, args, argument
+
+
+def check_complex_metric_inputs(metrics: MetricsTarget, *, metric: str, device: str) -> None:
+    """C-METRIC-INPUT-1: a complex tensor given to a metric raises ``ValueError`` naming it.
+
+    Raises:
+        ContractViolation: on a silent result or another exception.
+    """
+    function, args, argument = _complex_inputs(metric, device)
+    replay = ReplaySpec.of(check_complex_metric_inputs, "metrics", metric=metric, device=device)
+
+    def violation(headline: str, error: BaseException | None) -> ContractViolation:
+        details = {"input": f"{argument} complex128 on {device}"}
+        if error is not None:
+            details["exception"] = f"{type(error).__name__}: {error}"
+        return ContractViolation(
+            "C-METRIC-INPUT-1", metric, headline, details=details, replay=replay
+        )
+
+    try:
+        getattr(metrics, function)(*args)
+    except ValueError as exc:
+        if _names(str(exc), argument):
+            return
+        raise violation(f"the ValueError for a complex {argument} does not name it", exc) from exc
+    except Exception as exc:
+        raise violation(
+            f"a complex {argument} raised {type(exc).__name__}, not ValueError", exc
+        ) from exc
+    raise violation(f"a complex {argument} was accepted silently", None)
+
+
+@pytest.mark.rule("C-METRIC-INPUT-1")
+@pytest.mark.parametrize("metric", ["regression", "classification", "count"])
+def test_complex_metric_inputs_raise_naming_the_argument(metrics_target, contract_device, metric):
+    """Metrics take real tensors; a complex one is a clear error, not a silent real part.
+
+    Kills ``raise-removed`` in aam's metrics ``_tensor`` (no other test gave a complex input).
+    """
+    check_complex_metric_inputs(metrics_target, metric=metric, device=contract_device)

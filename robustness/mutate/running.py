@@ -6,16 +6,19 @@ runs task after task in-process with ``pytest.main``: the same packaged suite, `
 and plugins the gate runs, so a test's verdict is the gate's verdict.
 
 1. The *original* (unmutated) target runs first, split over the workers. Every test records
-   which functions of the mutated files it executed (a ``sys.settrace`` call hook: code
-   objects only, no line events) and whether it ran code in child processes.
+   which lines of the mutated files it executed (a global ``sys.settrace`` hook that
+   returns a line tracer only for frames of those files, so other code gets no line
+   events) and whether it ran code in child processes.
 2. Each *mutant* then runs only the tests that execute one of its lines (module- and
    class-level mutants: every test that touches the file; a test that also runs code in
    child processes, where no tracer runs, counts as executing all of every file it touches
    in this process), minus the tests the original
    does not pass and every test of a rule the original fails, in a fixed order with the
-   cheap rules that kill most first (:data:`RULE_ORDER`), and stops at the first failure
-   (``-x``). A test that never executes the mutated code behaves exactly as on the
-   original (the Hypothesis profiles are derandomized), so skipping it changes no verdict.
+   cheap rules that kill most first (:data:`RULE_ORDER`), the tests that killed other
+   mutants of the same function before them (:class:`KillOrder`), and stops at the first
+   failure (``-x``), under the profile without shrinking (:func:`mutant_profile`). A test
+   that never executes the mutated code behaves exactly as on the original (the
+   Hypothesis profiles are derandomized), so skipping it changes no verdict.
 
 A mutant that exceeds its time limit is stopped by ``SIGALRM`` inside the worker; a worker
 that does not answer even then is terminated and replaced (status ``timeout`` either way).
