@@ -571,3 +571,59 @@ def test_complex_metric_inputs_raise_naming_the_argument(metrics_target, contrac
     Kills ``raise-removed`` in aam's metrics ``_tensor`` (no other test gave a complex input).
     """
     check_complex_metric_inputs(metrics_target, metric=metric, device=contract_device)
+
+
+# --------------------------------------------------------------------------- C-GRAD-1 (nuc, 2nd)
+
+
+@pytest.mark.rule("C-GRAD-1")
+@given(
+    batch=multitask_batches(terms=("nuc",), dtype=st.sampled_from([torch.float32, torch.float64]))
+)
+def test_nuc_gradient_with_create_graph_is_the_same_and_differentiable(
+    loss_target, contract_device, batch
+):
+    """With ``create_graph=True`` (gradient penalties, ``jvp`` by double backward) the nuc
+    gradient is the same gradient, and it is linear in the incoming gradient ``v``.
+
+    aam's masked cross-entropy has its own backward with a separate differentiable branch
+    that no other test ran. Kills ``keepdim-or-squeeze`` (the row mask not unsqueezed) and
+    ``detach-inserted`` on the incoming gradient in ``_MaskedCrossEntropy.backward``.
+    """
+    batch = batch.to(contract_device)
+    logits = batch.outputs["nuc_predictions"].detach().requires_grad_()
+    ids, mask = batch.targets["nucleotides"], batch.targets["nuc_mask"]
+    loss = loss_target.make(**batch.loss_kwargs)
+    (plain,) = torch.autograd.grad(loss.compute_nucleotide_loss(logits, ids, mask), logits)
+    value = loss.compute_nucleotide_loss(logits, ids, mask)
+    v = torch.ones_like(value, requires_grad=True)
+    details: dict[str, object] = {"input": batch.describe()}
+    try:
+        (graphed,) = torch.autograd.grad(value, logits, grad_outputs=v, create_graph=True)
+        (dv,) = torch.autograd.grad(
+            (graphed * plain).sum(), v, allow_unused=True, materialize_grads=True
+        )
+    except RuntimeError as exc:
+        raise ContractViolation(
+            "C-GRAD-1",
+            "nuc_loss",
+            "the nuc gradient with create_graph=True raised",
+            details={**details, "exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    scale = float(plain.detach().abs().amax()) if plain.numel() else 0.0
+    allowed = 16 * torch.finfo(plain.dtype).eps * scale
+    off = float((graphed.detach() - plain).abs().amax()) if plain.numel() else 0.0
+    # d/dv <v * grad, grad> = |grad|^2: zero where the double-backward graph lost v.
+    want = float((plain.double() ** 2).sum())
+    if off > allowed or abs(float(dv) - want) > 16 * torch.finfo(plain.dtype).eps * want + 1e-300:
+        raise ContractViolation(
+            "C-GRAD-1",
+            "nuc_loss",
+            "the nuc gradient with create_graph=True differs from the plain gradient, or is "
+            "not linear in the incoming gradient",
+            details={
+                **details,
+                "largest difference": f"{off:.3g} (allowed {allowed:.3g})",
+                "d/dv <v grad, grad>": f"{float(dv):.9g}, expected |grad|^2 = {want:.9g}",
+            },
+        )
