@@ -139,6 +139,11 @@ def _kwarg(name: str, value: object) -> _Build:
     return build
 
 
+def _no_vocabulary(batch: MultiTaskBatch) -> MultiTaskBatch:
+    logits = batch.outputs["nuc_predictions"].detach()[..., :0]
+    return dataclasses.replace(batch, outputs={**batch.outputs, "nuc_predictions": logits})
+
+
 def _two_count_columns(batch: MultiTaskBatch) -> MultiTaskBatch:
     outputs, targets = dict(batch.outputs), dict(batch.targets)
     outputs["count_prediction"] = outputs["count_prediction"].detach().repeat(1, 1, 2)
@@ -245,6 +250,14 @@ GAP_CASES: dict[str, _GapCase] = {
         ("count_loss",),
         "a [B, A, 2] count prediction (and counts) against a [B, A] mask",
     ),
+    "nuc-predictions-without-vocabulary": _GapCase(
+        "C-SHAPE-1",
+        "nuc_loss",
+        "nuc_predictions",
+        _no_vocabulary,
+        ("nuc_loss",),
+        "nuc_predictions [B, A, L, 0] (no vocabulary)",
+    ),
 }
 
 # class_weights fail at construction whatever the batch: the batch has no target head, so
@@ -326,18 +339,21 @@ def test_bad_input_types_and_options_raise_naming_the_term(
 
 
 @pytest.mark.rule("C-SHAPE-1")
-@given(batch=multitask_batches(terms=("count",)))
-def test_count_predictions_with_more_than_one_column_raise_naming_the_term(
-    loss_target, contract_device, batch
-):
-    """``[B, A, 2]`` count predictions (and counts) against a ``[B, A]`` mask: a ValueError.
+@pytest.mark.parametrize("case", [c for c, s in GAP_CASES.items() if s.rule == "C-SHAPE-1"])
+@given(batch=multitask_batches(terms=("count", "nuc")))
+def test_bad_prediction_shapes_raise_naming_the_term(loss_target, contract_device, case, batch):
+    """Shapes only one check stands against raise a ValueError naming the term.
 
-    The mask still matches ``shape[:-1]``, so only the ``[B, A, 1]`` check stands between
-    this input and a silently averaged second column. Kills ``raise-removed`` in aam's
-    ``_count_inputs``.
+    ``[B, A, 2]`` count predictions (and counts) still match a ``[B, A]`` mask in
+    ``shape[:-1]``, so only the ``[B, A, 1]`` check stops a silently averaged second column;
+    nuc logits with ``V = 0`` match the ids in ``shape[:-1]`` too. Kills ``raise-removed`` in
+    aam's ``_count_inputs`` and ``compute_nucleotide_loss``.
     """
-    head = _only_head(batch, "count_loss").to(contract_device)
-    check_gap_inputs(loss_target, head, term="count_loss", case="count-prediction-two-columns")
+    spec = GAP_CASES[case]
+    if spec.needs not in batch.outputs:
+        return
+    head = _only_head(batch, spec.term).to(contract_device)  # per-term isolation
+    check_gap_inputs(loss_target, head, term=spec.term, case=case)
 
 
 # --------------------------------------------------------------------------- C-INPUT-1 (uint8)
@@ -627,3 +643,39 @@ def test_nuc_gradient_with_create_graph_is_the_same_and_differentiable(
                 "d/dv <v grad, grad>": f"{float(dv):.9g}, expected |grad|^2 = {want:.9g}",
             },
         )
+
+
+# --------------------------------------------------------------------------- C-REF-1 (int counts)
+
+#: The first integer float32 cannot hold: 2**24 + 1 rounds to 2**24.
+_BEYOND_FLOAT32 = 2**24 + 1
+
+
+def _large_integer_counts(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with int64 counts ``2**24 + 1 + i`` (float32 would round them) and
+    predictions near them, so the squared errors are small against the counts."""
+    counts = batch.targets["counts"]
+    steps = torch.arange(counts.numel(), device=counts.device).reshape(counts.shape) % 7
+    ids = (_BEYOND_FLOAT32 + steps).to(torch.int64)
+    pred = batch.outputs["count_prediction"]
+    near = (ids.double() + 0.25 * steps.double()).to(pred.dtype)
+    return dataclasses.replace(
+        batch,
+        outputs={**batch.outputs, "count_prediction": near},
+        targets={**batch.targets, "counts": ids},
+    )
+
+
+@pytest.mark.rule("C-REF-1")
+@given(batch=multitask_batches(terms=("count",), dtype=torch.float64))
+def test_integer_counts_beyond_float32_keep_a_float64_loss_exact(
+    loss_target, contract_device, batch
+):
+    """Integer counts are converted to the compute dtype (float64 here), not to float32.
+
+    ``torch.where(valid, counts, 0.0)`` on int64 counts gives the default float32 and
+    rounds ``2**24 + 1``. Kills ``upcast-removed`` on the truth in aam's
+    ``compute_count_loss``.
+    """
+    batch = _large_integer_counts(batch).to(contract_device)
+    check_reference_values(loss_target, batch, term="count_loss")
