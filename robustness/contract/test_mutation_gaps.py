@@ -679,3 +679,34 @@ def test_integer_counts_beyond_float32_keep_a_float64_loss_exact(
     """
     batch = _large_integer_counts(batch).to(contract_device)
     check_reference_values(loss_target, batch, term="count_loss")
+
+
+def _large_integer_base_targets(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with an int64 unifrac target ``2**24 + 1 + i`` and predictions near it."""
+    true = batch.targets["base_target"]
+    steps = torch.arange(true.numel(), device=true.device).reshape(true.shape) % 7
+    ids = (_BEYOND_FLOAT32 + steps).to(torch.int64)
+    pred = batch.outputs["base_prediction"]
+    near = (ids.double() + 0.25 * steps.double()).to(pred.dtype)
+    return dataclasses.replace(
+        batch,
+        outputs={**batch.outputs, "base_prediction": near},
+        targets={**batch.targets, "base_target": ids},
+    )
+
+
+@pytest.mark.rule("C-REF-1")
+@given(
+    batch=multitask_batches(
+        terms=("base",), dtype=torch.float64, encoder_type="unifrac", embeddings=False
+    )
+)
+def test_integer_base_targets_beyond_float32_keep_a_float64_loss_exact(
+    loss_target, contract_device, batch
+):
+    """As for counts: an int64 base target is converted to float64, not to float32.
+
+    Kills ``upcast-removed`` on the truth in aam's ``_base_loss``.
+    """
+    batch = _large_integer_base_targets(batch).to(contract_device)
+    check_reference_values(loss_target, batch, term="base_loss")
