@@ -526,40 +526,62 @@ def test_huber_gradient_is_the_clamped_error_over_n(loss_target, contract_device
 # --------------------------------------------------------------------------- C-METRIC-INPUT-1
 
 
-def _complex_inputs(name: str, device: str) -> tuple[Callable[..., Any], tuple[Any, ...], str]:
-    """``(one-shot metric, arguments with one complex tensor, the argument's name)``."""
+def _bad_metric_inputs(case: str, device: str) -> tuple[str, tuple[Any, ...], str, str]:
+    """``(one-shot metric, its arguments with one bad tensor, the argument, what is bad)``."""
     real = torch.tensor([0.5, 1.5, 2.0], dtype=torch.float64, device=device)
     wide = torch.complex(real, torch.ones_like(real))
     ids = torch.tensor([0, 1, 1], device=device)
     mask = torch.ones(1, 3, dtype=torch.bool, device=device)
-    cases: dict[str, tuple[str, str, tuple[Any, ...]]] = {
-        "regression": ("compute_regression_metrics", "y_pred", (wide, real)),
-        "classification": (
+    scores = torch.stack([real, -real], dim=1)  # [B, K] = [3, 2]
+    cases: dict[str, tuple[str, tuple[Any, ...], str, str]] = {
+        "regression-complex": ("compute_regression_metrics", (wide, real), "y_pred", "complex"),
+        "classification-complex": (
             "compute_classification_metrics",
+            (torch.complex(scores, scores), ids),
             "y_pred",
-            (torch.complex(real, real).reshape(3, 1).repeat(1, 2), ids),
+            "complex",
         ),
-        "count": (
+        "count-complex": (
             "compute_count_metrics",
-            "count_true",
             (real.reshape(1, 3, 1), wide.reshape(1, 3, 1), mask),
+            "count_true",
+            "complex",
+        ),
+        "classification-3d-scores": (
+            "compute_classification_metrics",
+            (scores.unsqueeze(-1), ids),
+            "y_pred",
+            "[B, K, 1] (neither [B, K] nor [B])",
         ),
     }
-    function, argument, args = cases[name]
-    return function, args, argument
+    return cases[case]
 
 
-def check_complex_metric_inputs(metrics: MetricsTarget, *, metric: str, device: str) -> None:
-    """C-METRIC-INPUT-1: a complex tensor given to a metric raises ``ValueError`` naming it.
+_METRIC_INPUT_CASES = (
+    "regression-complex",
+    "classification-complex",
+    "count-complex",
+    "classification-3d-scores",
+)
+
+
+def check_bad_metric_inputs(metrics: MetricsTarget, *, case: str, device: str) -> None:
+    """C-METRIC-INPUT-1: a complex or wrongly shaped tensor raises ``ValueError`` naming it.
 
     Raises:
         ContractViolation: on a silent result or another exception.
+        HarnessUsageError: on an unknown case.
     """
-    function, args, argument = _complex_inputs(metric, device)
-    replay = ReplaySpec.of(check_complex_metric_inputs, "metrics", metric=metric, device=device)
+    if case not in _METRIC_INPUT_CASES:
+        raise HarnessUsageError(
+            f"case must be one of {', '.join(_METRIC_INPUT_CASES)}, got case={case!r}"
+        )
+    function, args, argument, what = _bad_metric_inputs(case, device)
+    metric = case.partition("-")[0]
+    replay = ReplaySpec.of(check_bad_metric_inputs, "metrics", case=case, device=device)
 
     def violation(headline: str, error: BaseException | None) -> ContractViolation:
-        details = {"input": f"{argument} complex128 on {device}"}
+        details = {"input": f"{argument} {what}, on {device}"}
         if error is not None:
             details["exception"] = f"{type(error).__name__}: {error}"
         return ContractViolation(
@@ -571,22 +593,57 @@ def check_complex_metric_inputs(metrics: MetricsTarget, *, metric: str, device: 
     except ValueError as exc:
         if _names(str(exc), argument):
             return
-        raise violation(f"the ValueError for a complex {argument} does not name it", exc) from exc
+        raise violation(f"the ValueError for a {what} {argument} does not name it", exc) from exc
     except Exception as exc:
         raise violation(
-            f"a complex {argument} raised {type(exc).__name__}, not ValueError", exc
+            f"a {what} {argument} raised {type(exc).__name__}, not ValueError", exc
         ) from exc
-    raise violation(f"a complex {argument} was accepted silently", None)
+    raise violation(f"a {what} {argument} was accepted silently", None)
 
 
 @pytest.mark.rule("C-METRIC-INPUT-1")
-@pytest.mark.parametrize("metric", ["regression", "classification", "count"])
-def test_complex_metric_inputs_raise_naming_the_argument(metrics_target, contract_device, metric):
-    """Metrics take real tensors; a complex one is a clear error, not a silent real part.
+@pytest.mark.parametrize("case", _METRIC_INPUT_CASES)
+def test_complex_or_misshaped_metric_inputs_raise_naming_the_argument(
+    metrics_target, contract_device, case
+):
+    """Metrics take real tensors of the documented shapes; anything else is a clear error.
 
-    Kills ``raise-removed`` in aam's metrics ``_tensor`` (no other test gave a complex input).
+    Kills ``raise-removed`` in aam's metrics ``_tensor`` (complex) and the ``y_pred`` rank
+    check of ``StreamingClassificationMetrics`` (no other test gave either input).
     """
-    check_complex_metric_inputs(metrics_target, metric=metric, device=contract_device)
+    check_bad_metric_inputs(metrics_target, case=case, device=contract_device)
+
+
+# --------------------------------------------------------------------------- C-METRIC-EDGE-1
+
+
+@pytest.mark.rule("C-METRIC-EDGE-1")
+def test_targets_whose_variance_underflows_are_constant_to_r2(metrics_target, contract_device):
+    """Targets ``0`` and the smallest subnormal differ, but their variance underflows to 0:
+    R² is then the constant-target case (1.0 for perfect predictions), never 0/0.
+
+    Kills ``boundary-flipped`` (``m2 > 0`` -> ``m2 >= 0``) in aam's
+    ``StreamingRegressionMetrics.compute``, which then divides by a zero ``m2``.
+    """
+    tiny = float(torch.finfo(torch.float64).smallest_normal) * 2.0**-52  # 5e-324
+    y = torch.tensor([0.0, tiny], dtype=torch.float64, device=contract_device)
+    try:
+        result = metrics_target.compute_regression_metrics(y, y.clone())
+    except Exception as exc:
+        raise ContractViolation(
+            "C-METRIC-EDGE-1",
+            "regression",
+            "targets (0, 5e-324) with perfect predictions raised",
+            details={"exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    if result["r2"] != 1.0:
+        raise ContractViolation(
+            "C-METRIC-EDGE-1",
+            "regression",
+            "targets (0, 5e-324), whose variance underflows, with perfect predictions: "
+            "R² is not 1.0",
+            details={"r2": result["r2"]},
+        )
 
 
 # --------------------------------------------------------------------------- C-GRAD-1 (nuc, 2nd)
