@@ -547,6 +547,12 @@ def _bad_metric_inputs(case: str, device: str) -> tuple[str, tuple[Any, ...], st
             "count_true",
             "complex",
         ),
+        "count-nan-prediction": (
+            "compute_count_metrics",
+            _nan_at_a_valid_asv(*_count_metric_inputs(device)),
+            "count_pred",
+            "NaN at a valid ASV with B = 2 != A = 3",
+        ),
         "classification-3d-scores": (
             "compute_classification_metrics",
             (scores.unsqueeze(-1), ids),
@@ -561,8 +567,17 @@ _METRIC_INPUT_CASES = (
     "regression-complex",
     "classification-complex",
     "count-complex",
+    "count-nan-prediction",
     "classification-3d-scores",
 )
+
+
+def _nan_at_a_valid_asv(
+    pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pred = pred.clone()
+    pred[1, 0, 0] = math.nan  # mask[1, 0] = 2.0: valid
+    return pred, true, mask
 
 
 def check_bad_metric_inputs(metrics: MetricsTarget, *, case: str, device: str) -> None:
@@ -609,7 +624,9 @@ def test_complex_or_misshaped_metric_inputs_raise_naming_the_argument(
     """Metrics take real tensors of the documented shapes; anything else is a clear error.
 
     Kills ``raise-removed`` in aam's metrics ``_tensor`` (complex) and the ``y_pred`` rank
-    check of ``StreamingClassificationMetrics`` (no other test gave either input).
+    check of ``StreamingClassificationMetrics`` (no other test gave either input), and
+    ``keepdim-or-squeeze`` on the mask in the NaN error path of the count metrics (a
+    ``[B, A, 1]`` & ``[B, A]`` broadcast that fails once ``B != A``).
     """
     check_bad_metric_inputs(metrics_target, case=case, device=contract_device)
 
@@ -767,3 +784,34 @@ def test_integer_base_targets_beyond_float32_keep_a_float64_loss_exact(
     """
     batch = _large_integer_base_targets(batch).to(contract_device)
     check_reference_values(loss_target, batch, term="base_loss")
+
+
+# --------------------------------------------------------------------------- count metrics
+
+
+def _count_metric_inputs(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[B, A, 1]`` predictions and counts with ``B = 2 != A = 3``, and a float mask."""
+    pred = torch.tensor([[1.0, 2.0, 4.0], [0.5, 3.0, 9.0]], dtype=torch.float64, device=device)
+    true = torch.tensor([[1.5, 2.0, 1.0], [0.0, 5.0, 7.0]], dtype=torch.float64, device=device)
+    mask = torch.tensor([[1.0, -1.0, 0.0], [2.0, 0.0, -0.5]], device=device)
+    return pred[..., None], true[..., None], mask
+
+
+@pytest.mark.rule("C-METRIC-REF-1")
+def test_count_metrics_take_any_non_zero_float_mask_entry_as_valid(metrics_target, contract_device):
+    """Valid is ``mask != 0`` for the count metrics too: -1.0 and 2.0 mark valid ASVs.
+
+    Kills ``boundary-flipped`` (``mask != 0`` -> ``mask > 0``) in aam's metrics
+    ``_count_inputs``.
+    """
+    pred, true, mask = _count_metric_inputs(contract_device)
+    signed = metrics_target.compute_count_metrics(pred, true, mask)
+    plain = metrics_target.compute_count_metrics(pred, true, mask != 0)
+    if signed != plain:
+        raise ContractViolation(
+            "C-METRIC-REF-1",
+            "count",
+            "count metrics with a float mask holding -1.0 / 2.0 / -0.5 at valid ASVs differ "
+            "from the same mask as bool",
+            details={"float mask": signed, "bool mask": plain, "mask": mask.tolist()},
+        )
