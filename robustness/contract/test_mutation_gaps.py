@@ -678,9 +678,11 @@ def test_nuc_gradient_with_create_graph_is_the_same_and_differentiable(
 
     aam's masked cross-entropy has its own backward with a separate differentiable branch
     that no other test ran. Kills ``keepdim-or-squeeze`` (the row mask not unsqueezed) and
-    ``detach-inserted`` on the incoming gradient in ``_MaskedCrossEntropy.backward``.
+    ``detach-inserted`` on the incoming gradient and ``guard-removed`` on the padded rows'
+    ``where`` in ``_MaskedCrossEntropy.backward``.
     """
-    batch = batch.to(contract_device)
+    # NaN in the padded logits: the differentiable branch must select them away too.
+    batch = batch.with_garbage(math.nan).to(contract_device)
     logits = batch.outputs["nuc_predictions"].detach().requires_grad_()
     ids, mask = batch.targets["nucleotides"], batch.targets["nuc_mask"]
     loss = loss_target.make(**batch.loss_kwargs)
@@ -705,7 +707,8 @@ def test_nuc_gradient_with_create_graph_is_the_same_and_differentiable(
     off = float((graphed.detach() - plain).abs().amax()) if plain.numel() else 0.0
     # d/dv <v * grad, grad> = |grad|^2: zero where the double-backward graph lost v.
     want = float((plain.double() ** 2).sum())
-    if off > allowed or abs(float(dv) - want) > 16 * torch.finfo(plain.dtype).eps * want + 1e-300:
+    close = off <= allowed and abs(float(dv) - want) <= 16 * torch.finfo(plain.dtype).eps * want
+    if not close:  # NaN compares False: a NaN gradient fails here
         raise ContractViolation(
             "C-GRAD-1",
             "nuc_loss",
@@ -815,3 +818,56 @@ def test_count_metrics_take_any_non_zero_float_mask_entry_as_valid(metrics_targe
             "from the same mask as bool",
             details={"float mask": signed, "bool mask": plain, "mask": mask.tolist()},
         )
+
+
+# --------------------------------------------------------------------------- C-SHAPE-1 (distances)
+
+_BAD_EMBEDDINGS = {
+    "one-dimensional": (3,),
+    "no-features": (3, 0),
+}
+
+
+def check_bad_embeddings(loss: LossTarget, *, case: str, device: str) -> None:
+    """C-SHAPE-1: ``pairwise_distances`` of embeddings that are not ``[B, D >= 1]`` raises
+    ``ValueError`` naming the embeddings and their shape.
+
+    Raises:
+        ContractViolation: on a silent result or another exception.
+        HarnessUsageError: on an unknown case.
+    """
+    if case not in _BAD_EMBEDDINGS:
+        raise HarnessUsageError(
+            f"case must be one of {', '.join(_BAD_EMBEDDINGS)}, got case={case!r}"
+        )
+    shape = _BAD_EMBEDDINGS[case]
+    emb = torch.linspace(-1.0, 1.0, math.prod(shape), device=device).reshape(shape)
+    replay = ReplaySpec.of(check_bad_embeddings, "loss", case=case, device=device)
+    term = "compute_pairwise_distances"
+
+    def violation(headline: str, error: BaseException | None) -> ContractViolation:
+        details = {"embeddings": f"shape {shape}, float32, on {device}"}
+        if error is not None:
+            details["exception"] = f"{type(error).__name__}: {error}"
+        return ContractViolation("C-SHAPE-1", term, headline, details=details, replay=replay)
+
+    try:
+        loss.pairwise_distances(emb)
+    except ValueError as exc:
+        if _names(str(exc), "embeddings") and str(shape) in str(exc):
+            return
+        raise violation(f"the ValueError for {shape} embeddings does not name them", exc) from exc
+    except Exception as exc:
+        raise violation(
+            f"embeddings of shape {shape} raised {type(exc).__name__}, not ValueError", exc
+        ) from exc
+    raise violation(f"embeddings of shape {shape} were accepted silently", None)
+
+
+@pytest.mark.rule("C-SHAPE-1")
+@pytest.mark.parametrize("case", list(_BAD_EMBEDDINGS))
+def test_embeddings_that_are_not_b_by_d_raise_naming_them(loss_target, contract_device, case):
+    """Embeddings must be ``[B, D]`` with ``D >= 1``; a 1-D or featureless tensor is a clear
+    error. Kills ``raise-removed`` in aam's ``compute_pairwise_distances``.
+    """
+    check_bad_embeddings(loss_target, case=case, device=contract_device)
