@@ -242,6 +242,24 @@ GAP_CASES: dict[str, _GapCase] = {
         ("target_loss_type",),
         "target_loss_type='hinge'",
     ),
+    "unknown-encoder-type": _GapCase(
+        "C-INPUT-1",
+        "base_loss",
+        "base_target",
+        lambda b: dataclasses.replace(b, encoder_type="bogus"),
+        ("encoder_type",),
+        "encoder_type='bogus'",
+    ),
+    "targets-without-counts": _GapCase(
+        "C-INPUT-1",
+        "count_loss",
+        "counts",
+        lambda b: dataclasses.replace(
+            b, targets={k: v for k, v in b.targets.items() if k != "counts"}
+        ),
+        ("count_loss",),
+        "count_prediction given but targets without 'counts'",
+    ),
     "count-prediction-two-columns": _GapCase(
         "C-SHAPE-1",
         "count_loss",
@@ -323,11 +341,13 @@ def test_bad_input_types_and_options_raise_naming_the_term(
     loss_target, contract_device, case, batch
 ):
     """Bad input gets a clear error: non-float predictions, float ids, complex truths, an
-    unknown ``target_loss_type``, unusable ``class_weights``.
+    unknown ``target_loss_type`` or ``encoder_type``, unusable ``class_weights``, a head
+    whose truth is missing.
 
     Kills ``raise-removed`` in aam's ``_require_tensor``, ``_require_floating``,
-    ``_require_integer``, ``_require_real``, ``_validate_class_weights`` and the
-    ``target_loss_type`` check of ``MultiTaskLoss.__init__``.
+    ``_require_integer``, ``_require_real``, ``_validate_class_weights``,
+    ``_validate_encoder_type``, the ``target_loss_type`` check of ``MultiTaskLoss.__init__``
+    and the missing-target check of ``MultiTaskLoss.forward``.
     """
     spec = GAP_CASES[case]
     if spec.needs not in batch.outputs and spec.needs not in batch.targets:
@@ -553,6 +573,30 @@ def _bad_metric_inputs(case: str, device: str) -> tuple[str, tuple[Any, ...], st
             "count_pred",
             "NaN at a valid ASV with B = 2 != A = 3",
         ),
+        "classification-num-classes-0": (
+            "compute_classification_metrics",
+            (scores, ids, 0),
+            "num_classes",
+            "0",
+        ),
+        "classification-columns-not-num-classes": (
+            "compute_classification_metrics",
+            (scores, ids, 3),
+            "num_classes",
+            "3 for [B, 2] scores",
+        ),
+        "classification-fractional-ids": (
+            "compute_classification_metrics",
+            (scores, torch.tensor([0.0, 1.5, 1.0], device=device)),
+            "y_true",
+            "holding 1.5",
+        ),
+        "count-shapes-differ": (
+            "compute_count_metrics",
+            (real.reshape(1, 3, 1), real.reshape(1, 3, 1).repeat(1, 1, 2), mask),
+            "count_true",
+            "[1, 3, 2] against a [1, 3, 1] count_pred",
+        ),
         "classification-3d-scores": (
             "compute_classification_metrics",
             (scores.unsqueeze(-1), ids),
@@ -568,7 +612,11 @@ _METRIC_INPUT_CASES = (
     "classification-complex",
     "count-complex",
     "count-nan-prediction",
+    "count-shapes-differ",
     "classification-3d-scores",
+    "classification-num-classes-0",
+    "classification-columns-not-num-classes",
+    "classification-fractional-ids",
 )
 
 
