@@ -919,3 +919,32 @@ def test_embeddings_that_are_not_b_by_d_raise_naming_them(loss_target, contract_
     error. Kills ``raise-removed`` in aam's ``compute_pairwise_distances``.
     """
     check_bad_embeddings(loss_target, case=case, device=contract_device)
+
+
+def _large_integer_regression_targets(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with int64 regression targets ``2**24 + 1 + i``, predictions near them, and
+    the MAE loss (whose halving ``true * 0.5`` would run in float32 on ints)."""
+    true = batch.targets["target"]
+    steps = torch.arange(true.numel(), device=true.device).reshape(true.shape) % 7
+    ids = (_BEYOND_FLOAT32 + steps).to(torch.int64)
+    pred = batch.outputs["target_prediction"]
+    near = (ids.double() + 0.25 * steps.double()).to(pred.dtype)
+    return dataclasses.replace(
+        batch,
+        outputs={**batch.outputs, "target_prediction": near},
+        targets={**batch.targets, "target": ids},
+        loss_kwargs={**batch.loss_kwargs, "target_loss_type": "mae"},
+    )
+
+
+@pytest.mark.rule("C-REF-1")
+@given(batch=multitask_batches(terms=("target",), classifier=False, dtype=torch.float64))
+def test_integer_regression_targets_beyond_float32_keep_a_float64_loss_exact(
+    loss_target, contract_device, batch
+):
+    """As for counts: int64 regression targets are converted to float64 before the MAE.
+
+    Kills ``upcast-removed`` on the truth in aam's ``compute_target_loss``.
+    """
+    batch = _large_integer_regression_targets(batch).to(contract_device)
+    check_reference_values(loss_target, batch, term="target_loss")
