@@ -948,3 +948,53 @@ def test_integer_regression_targets_beyond_float32_keep_a_float64_loss_exact(
     """
     batch = _large_integer_regression_targets(batch).to(contract_device)
     check_reference_values(loss_target, batch, term="target_loss")
+
+
+# --------------------------------------------------------------------------- C-INPUT-1 (mappings)
+
+
+def check_outputs_not_a_mapping(loss: LossTarget, *, which: str, device: str) -> None:
+    """C-INPUT-1: ``outputs`` or ``targets`` given as a list of pairs raises ``TypeError`` or
+    ``ValueError`` naming it (``forward`` takes mappings).
+
+    Raises:
+        ContractViolation: on a silent result or another exception.
+    """
+    pred = torch.zeros(1, 2, 1, device=device)
+    parts: dict[str, Any] = {
+        "outputs": {"count_prediction": pred},
+        "targets": {"counts": pred.clone(), "mask": torch.ones(1, 2, device=device)},
+    }
+    parts[which] = list(parts[which].items())
+    replay = ReplaySpec.of(check_outputs_not_a_mapping, "loss", which=which, device=device)
+
+    def violation(headline: str, error: BaseException | None) -> ContractViolation:
+        details = {which: "a list of (key, tensor) pairs"}
+        if error is not None:
+            details["exception"] = f"{type(error).__name__}: {error}"
+        return ContractViolation(
+            "C-INPUT-1", "total_loss", headline, details=details, replay=replay
+        )
+
+    try:
+        loss.make()(parts["outputs"], parts["targets"])
+    except (TypeError, ValueError) as exc:
+        if _names(str(exc), which):
+            return
+        raise violation(f"the error for {which} as a list does not name it", exc) from exc
+    except Exception as exc:
+        raise violation(
+            f"{which} as a list raised {type(exc).__name__}, not TypeError or ValueError", exc
+        ) from exc
+    raise violation(f"{which} as a list was accepted silently", None)
+
+
+@pytest.mark.rule("C-INPUT-1")
+@pytest.mark.parametrize("which", ["outputs", "targets"])
+def test_outputs_and_targets_that_are_not_mappings_raise_naming_them(
+    loss_target, contract_device, which
+):
+    """``forward`` takes mappings; a list of pairs is a clear error. Kills ``raise-removed``
+    on the mapping check of aam's ``MultiTaskLoss.forward``.
+    """
+    check_outputs_not_a_mapping(loss_target, which=which, device=contract_device)
