@@ -547,7 +547,7 @@ def test_huber_gradient_is_the_clamped_error_over_n(loss_target, contract_device
 
 
 def _bad_metric_inputs(case: str, device: str) -> tuple[str, tuple[Any, ...], str, str]:
-    """``(one-shot metric, its arguments with one bad tensor, the argument, what is bad)``."""
+    """``(metric callable, its arguments with one bad value, the argument, what is bad)``."""
     real = torch.tensor([0.5, 1.5, 2.0], dtype=torch.float64, device=device)
     wide = torch.complex(real, torch.ones_like(real))
     ids = torch.tensor([0, 1, 1], device=device)
@@ -574,8 +574,10 @@ def _bad_metric_inputs(case: str, device: str) -> tuple[str, tuple[Any, ...], st
             "NaN at a valid ASV with B = 2 != A = 3",
         ),
         "classification-num-classes-0": (
-            "compute_classification_metrics",
-            (scores, ids, 0),
+            # The streaming constructor: the one-shot function's later checks name
+            # num_classes too, and would hide a missing check.
+            "StreamingClassificationMetrics",
+            (0,),
             "num_classes",
             "0",
         ),
