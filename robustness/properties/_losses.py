@@ -1117,7 +1117,7 @@ def _expect_value_error(
         missing = missing_in(str(error))
         if missing:
             raise ctx.violation(
-                f"the {type(error).__name__} for {what} does not name {missing}",
+                f"the {wanted} for {what} does not name {missing}",
                 {**details, "exception": _exc(error)},
             ) from error
         return
