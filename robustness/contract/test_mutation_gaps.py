@@ -118,7 +118,9 @@ def _listed(t: torch.Tensor) -> object:
 
 def _bad_output(key: str, bad: Callable[[torch.Tensor], object]) -> _Build:
     def build(batch: MultiTaskBatch) -> MultiTaskBatch:
-        return dataclasses.replace(batch, outputs={**batch.outputs, key: bad(batch.outputs[key])})
+        # Deliberately not a tensor (a list) or not floating: the input under test.
+        outputs: dict[str, Any] = {**batch.outputs, key: bad(batch.outputs[key])}
+        return dataclasses.replace(batch, outputs=outputs)
 
     return build
 
