@@ -270,6 +270,14 @@ GAP_CASES: dict[str, _GapCase] = {
         ("count_loss",),
         "a [B, A, 2] count prediction (and counts) against a [B, A] mask",
     ),
+    "class-log-probabilities-without-classes": _GapCase(
+        "C-SHAPE-1",
+        "target_loss",
+        "target_prediction",
+        _bad_output("target_prediction", lambda t: t.detach()[:, :0]),
+        ("target_loss",),
+        "classification target_prediction [B, 0] (no classes)",
+    ),
     "nuc-predictions-without-vocabulary": _GapCase(
         "C-SHAPE-1",
         "nuc_loss",
@@ -362,14 +370,15 @@ def test_bad_input_types_and_options_raise_naming_the_term(
 
 @pytest.mark.rule("C-SHAPE-1")
 @pytest.mark.parametrize("case", [c for c, s in GAP_CASES.items() if s.rule == "C-SHAPE-1"])
-@given(batch=multitask_batches(terms=("count", "nuc")))
+@given(batch=multitask_batches(terms=("count", "nuc", "target"), classifier=True))
 def test_bad_prediction_shapes_raise_naming_the_term(loss_target, contract_device, case, batch):
     """Shapes only one check stands against raise a ValueError naming the term.
 
     ``[B, A, 2]`` count predictions (and counts) still match a ``[B, A]`` mask in
     ``shape[:-1]``, so only the ``[B, A, 1]`` check stops a silently averaged second column;
-    nuc logits with ``V = 0`` match the ids in ``shape[:-1]`` too. Kills ``raise-removed`` in
-    aam's ``_count_inputs`` and ``compute_nucleotide_loss``.
+    nuc logits with ``V = 0`` match the ids in ``shape[:-1]`` too, and ``[B, 0]`` class
+    log-probabilities match ``B`` ids. Kills ``raise-removed`` in aam's ``_count_inputs``,
+    ``compute_nucleotide_loss`` and ``_classification_loss``.
     """
     spec = GAP_CASES[case]
     if spec.needs not in batch.outputs:
