@@ -610,6 +610,18 @@ def _bad_metric_inputs(case: str, device: str) -> tuple[str, tuple[Any, ...], st
             "count_true",
             "[1, 3, 2] against a [1, 3, 1] count_pred",
         ),
+        "regression-python-list": (
+            "compute_regression_metrics",
+            (real.tolist(), real),
+            "y_pred",
+            "Python list",
+        ),
+        "regression-merge-with-a-list": (
+            "StreamingRegressionMetrics.merge",
+            ([1.0],),
+            "merge",
+            "list as the other state of",
+        ),
         "classification-3d-scores": (
             "compute_classification_metrics",
             (scores.unsqueeze(-1), ids),
@@ -630,7 +642,10 @@ _METRIC_INPUT_CASES = (
     "classification-num-classes-0",
     "classification-columns-not-num-classes",
     "classification-fractional-ids",
+    "regression-python-list",
+    "regression-merge-with-a-list",
 )
+_NOT_A_TENSOR = frozenset({"regression-python-list", "regression-merge-with-a-list"})
 
 
 def _nan_at_a_valid_asv(
@@ -664,15 +679,21 @@ def check_bad_metric_inputs(metrics: MetricsTarget, *, case: str, device: str) -
             "C-METRIC-INPUT-1", metric, headline, details=details, replay=replay
         )
 
+    # A value that is not a tensor (or not a state) at all may be a TypeError, as in Python.
+    expected = (TypeError, ValueError) if case in _NOT_A_TENSOR else (ValueError,)
+    wanted = " or ".join(e.__name__ for e in expected)
     try:
-        getattr(metrics, function)(*args)
-    except ValueError as exc:
+        if function.endswith(".merge"):
+            getattr(metrics, function.removesuffix(".merge"))().merge(*args)
+        else:
+            getattr(metrics, function)(*args)
+    except expected as exc:
         if _names(str(exc), argument):
             return
-        raise violation(f"the ValueError for a {what} {argument} does not name it", exc) from exc
+        raise violation(f"the {wanted} for a {what} {argument} does not name it", exc) from exc
     except Exception as exc:
         raise violation(
-            f"a {what} {argument} raised {type(exc).__name__}, not ValueError", exc
+            f"a {what} {argument} raised {type(exc).__name__}, not {wanted}", exc
         ) from exc
     raise violation(f"a {what} {argument} was accepted silently", None)
 
@@ -1011,3 +1032,28 @@ def test_outputs_and_targets_that_are_not_mappings_raise_naming_them(
     on the mapping check of aam's ``MultiTaskLoss.forward``.
     """
     check_outputs_not_a_mapping(loss_target, which=which, device=contract_device)
+
+
+@pytest.mark.rule("C-STREAM-2")
+def test_merge_leaves_the_other_state_unchanged(metrics_target, contract_device):
+    """``a.merge(b)`` folds ``b`` into ``a`` and leaves ``b`` as it was (its docstring and any
+    sync that merges one state into several rely on it).
+
+    Kills ``inplace-on-input`` (``mean - s_mean`` -> ``mean.sub_(s_mean)``) in aam's
+    ``StreamingRegressionMetrics._combine``, which merge calls with the other state's tensors.
+    """
+    a = metrics_target.StreamingRegressionMetrics()
+    b = metrics_target.StreamingRegressionMetrics()
+    f64 = {"dtype": torch.float64, "device": contract_device}
+    a.update(torch.tensor([1.0, 2.0, 4.0], **f64), torch.tensor([1.5, 2.0, 3.0], **f64))
+    b.update(torch.tensor([7.0, -1.0], **f64), torch.tensor([6.0, 0.5], **f64))
+    before = b.compute()
+    a.merge(b)
+    after = b.compute()
+    if before != after:
+        raise ContractViolation(
+            "C-STREAM-2",
+            "regression",
+            "merge changed the state merged in",
+            details={"other before": before, "other after": after},
+        )
