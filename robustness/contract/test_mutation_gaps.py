@@ -610,6 +610,18 @@ def _bad_metric_inputs(case: str, device: str) -> tuple[str, tuple[Any, ...], st
             "count_true",
             "[1, 3, 2] against a [1, 3, 1] count_pred",
         ),
+        "classification-2d-true": (
+            "compute_classification_metrics",
+            (scores, ids[:, None]),
+            "y_true",
+            "[B, 1]",
+        ),
+        "classification-no-class-columns": (
+            "compute_classification_metrics",
+            (scores[:, :0], ids),
+            "y_pred",
+            "[B, 0]",
+        ),
         "regression-python-list": (
             "compute_regression_metrics",
             (real.tolist(), real),
@@ -642,6 +654,8 @@ _METRIC_INPUT_CASES = (
     "classification-num-classes-0",
     "classification-columns-not-num-classes",
     "classification-fractional-ids",
+    "classification-2d-true",
+    "classification-no-class-columns",
     "regression-python-list",
     "regression-merge-with-a-list",
 )
