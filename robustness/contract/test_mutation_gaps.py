@@ -1056,18 +1056,23 @@ def test_merge_leaves_the_other_state_unchanged(metrics_target, contract_device)
     Kills ``inplace-on-input`` (``mean - s_mean`` -> ``mean.sub_(s_mean)``) in aam's
     ``StreamingRegressionMetrics._combine``, which merge calls with the other state's tensors.
     """
-    a = metrics_target.StreamingRegressionMetrics()
-    b = metrics_target.StreamingRegressionMetrics()
     f64 = {"dtype": torch.float64, "device": contract_device}
+    a, b, untouched = (metrics_target.StreamingRegressionMetrics() for _ in range(3))
     a.update(torch.tensor([1.0, 2.0, 4.0], **f64), torch.tensor([1.5, 2.0, 3.0], **f64))
-    b.update(torch.tensor([7.0, -1.0], **f64), torch.tensor([6.0, 0.5], **f64))
-    before = b.compute()
+    for state in (b, untouched):
+        state.update(torch.tensor([7.0, -1.0], **f64), torch.tensor([6.0, 0.5], **f64))
     a.merge(b)
-    after = b.compute()
-    if before != after:
+    # compute() alone does not read every field (not the mean): feed both states once more,
+    # so a changed field shows in what they report.
+    for state in (b, untouched):
+        state.update(torch.tensor([3.0, 9.0], **f64), torch.tensor([2.0, 4.0], **f64))
+    if b.compute() != untouched.compute():
         raise ContractViolation(
             "C-STREAM-2",
             "regression",
-            "merge changed the state merged in",
-            details={"other before": before, "other after": after},
+            "merge changed the state merged in (seen after one more update of it)",
+            details={
+                "merged-in state": b.compute(),
+                "same state, never merged": untouched.compute(),
+            },
         )
