@@ -421,6 +421,26 @@ def test_uint8_nucleotide_ids_with_a_large_vocabulary_are_valid_including_id_0(
             "uint8 ids give another value than the same int64 ids",
             details={"uint8": small.item(), "int64": wide.item()},
         )
+    # Class ids take the same branch (the nucleotide ids are range-checked by clamping now).
+    scores = torch.log_softmax(logits[0, 0], dim=-1)  # [3, 300]
+    targets = {"target": ids[0, 0]}
+    try:
+        small = loss({"target_prediction": scores}, targets, is_classifier=True)["target_loss"]
+    except Exception as exc:
+        raise ContractViolation(
+            "C-INPUT-1",
+            "target_loss",
+            "valid uint8 class ids (0, 7, 255) with K = 300 were rejected",
+            details={"exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    wide = loss({"target_prediction": scores}, {"target": ids[0, 0].long()}, is_classifier=True)
+    if not torch.equal(small, wide["target_loss"]):
+        raise ContractViolation(
+            "C-INPUT-1",
+            "target_loss",
+            "uint8 class ids give another value than the same int64 ids",
+            details={"uint8": small.item(), "int64": wide["target_loss"].item()},
+        )
 
 
 # --------------------------------------------------------------------------- C-REF-1 (float masks)
