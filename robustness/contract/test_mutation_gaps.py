@@ -8,16 +8,28 @@ like the rest of the suite, so the gate reports and selects them by rule id.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
 from hypothesis import given
+from hypothesis import strategies as st
 
-from robustness.errors import ContractViolation
+from robustness.errors import ContractViolation, HarnessUsageError, ReplaySpec
+from robustness.properties._losses import (
+    _Case,
+    _expect_value_error,
+    _names,
+    check_reference_values,
+)
 from robustness.properties._regress import _only_head
+from robustness.references import HUBER_DELTA
 from robustness.strategies import MultiTaskBatch, multitask_batches
-from robustness.target import LossTarget
+from robustness.target import LossTarget, MetricsTarget
 
 # Fills for padded truths: what a data loader leaves in padding (NaN, inf, huge values).
 _FLOAT_FILLS = (("NaN", math.nan), ("+inf", math.inf), ("-inf", -math.inf), ("1e30", 1e30))
@@ -92,13 +104,8 @@ def test_garbage_in_padded_truths_never_changes_a_value(loss_target, contract_de
 
 # --------------------------------------------------------------------------- C-INPUT-1 (types)
 
-# Prediction key -> the term its errors must name.
-_PREDICTIONS = {
-    "target_prediction": "target_loss",
-    "count_prediction": "count_loss",
-    "base_prediction": "base_loss",
-    "nuc_predictions": "nuc_loss",
-}
+
+_Build = Callable[[MultiTaskBatch], MultiTaskBatch]
 
 
 def _integer(t: torch.Tensor) -> torch.Tensor:
@@ -109,193 +116,275 @@ def _listed(t: torch.Tensor) -> object:
     return t.detach().tolist()
 
 
-@pytest.mark.rule("C-INPUT-1")
-@pytest.mark.parametrize("key", list(_PREDICTIONS))
-@pytest.mark.parametrize("bad", [_integer, _listed], ids=["integer-dtype", "python-list"])
-@given(batch=multitask_batches())
-def test_a_prediction_that_is_not_a_floating_tensor_raises_naming_the_term(
-    loss_target, contract_device, key, bad, batch
-):
-    """Bad input gets a clear error: an integer tensor or a list where logits belong.
+def _bad_output(key: str, bad: Callable[[torch.Tensor], object]) -> _Build:
+    def build(batch: MultiTaskBatch) -> MultiTaskBatch:
+        # Deliberately not a tensor (a list) or not floating: the input under test.
+        outputs: dict[str, Any] = {**batch.outputs, key: bad(batch.outputs[key])}
+        return dataclasses.replace(batch, outputs=outputs)
 
-    Kills ``raise-removed`` in aam's ``_require_tensor`` / ``_require_floating``: without the
-    check an integer prediction is silently accepted (or fails deep inside with an
-    AttributeError that names nothing).
-    """
-    if key not in batch.outputs:
-        return
-    term = _PREDICTIONS[key]
-    batch = _only_head(batch, term).to(contract_device)  # per-term isolation
-    outputs = dict(batch.outputs)
-    outputs[key] = bad(outputs[key])
-    loss = loss_target.make(**batch.loss_kwargs)
-    try:
-        loss(
-            outputs,
-            batch.targets,
-            is_classifier=batch.is_classifier,
-            encoder_type=batch.encoder_type,
+    return build
+
+
+def _bad_target(key: str, dtype: torch.dtype) -> _Build:
+    def build(batch: MultiTaskBatch) -> MultiTaskBatch:
+        return dataclasses.replace(
+            batch, targets={**batch.targets, key: batch.targets[key].to(dtype)}
         )
-    except (TypeError, ValueError) as exc:
-        if term in str(exc):
-            return
-        raise ContractViolation(
-            "C-INPUT-1",
-            term,
-            f"{key} as {bad.__name__[1:]} raised without naming {term}",
-            details={"exception": f"{type(exc).__name__}: {exc}"},
-        ) from exc
-    except Exception as exc:
-        raise ContractViolation(
-            "C-INPUT-1",
-            term,
-            f"{key} as {bad.__name__[1:]} raised {type(exc).__name__}, not a TypeError or "
-            f"ValueError naming {term}",
-            details={"exception": f"{type(exc).__name__}: {exc}"},
-        ) from exc
-    raise ContractViolation(
-        "C-INPUT-1",
-        term,
-        f"{key} as {bad.__name__[1:]} was accepted; expected a TypeError "
-        f"or ValueError naming {term}",
-        details={"dtype": str(batch.dtype)},
-    )
+
+    return build
 
 
-# Target key -> (the term its errors must name, the bad version of it).
-_BAD_TARGETS = {
-    "nucleotides-as-float": ("nucleotides", "nuc_loss", lambda t: t.to(torch.float32)),
-    "class-ids-as-float": ("target", "target_loss", lambda t: t.to(torch.float32)),
-    "counts-as-complex": ("counts", "count_loss", lambda t: t.to(torch.complex64)),
-    "base-target-as-complex": ("base_target", "base_loss", lambda t: t.to(torch.complex64)),
-}
+def _kwarg(name: str, value: object) -> _Build:
+    def build(batch: MultiTaskBatch) -> MultiTaskBatch:
+        return dataclasses.replace(batch, loss_kwargs={**batch.loss_kwargs, name: value})
+
+    return build
 
 
-@pytest.mark.rule("C-INPUT-1")
-@pytest.mark.parametrize("case", list(_BAD_TARGETS))
-@given(batch=multitask_batches())
-def test_ids_that_are_not_integers_and_complex_truths_raise_naming_the_term(
-    loss_target, contract_device, case, batch
-):
-    """Float ids (they would be truncated) and complex truths get a clear error.
-
-    Kills ``raise-removed`` in aam's ``_require_integer`` and ``_require_real``.
-    """
-    key, term, bad = _BAD_TARGETS[case]
-    if key not in batch.targets or (key == "target" and not batch.is_classifier):
-        return
-    batch = _only_head(batch, term).to(contract_device)  # per-term isolation
-    targets = dict(batch.targets)
-    targets[key] = bad(targets[key])
-    loss = loss_target.make(**batch.loss_kwargs)
-    try:
-        loss(
-            batch.outputs,
-            targets,
-            is_classifier=batch.is_classifier,
-            encoder_type=batch.encoder_type,
-        )
-    except (TypeError, ValueError) as exc:
-        if term in str(exc):
-            return
-        raise ContractViolation(
-            "C-INPUT-1",
-            term,
-            f"{case} raised without naming {term}",
-            details={"exception": f"{type(exc).__name__}: {exc}"},
-        ) from exc
-    except Exception as exc:
-        raise ContractViolation(
-            "C-INPUT-1",
-            term,
-            f"{case} raised {type(exc).__name__}, not a TypeError or ValueError naming {term}",
-            details={"exception": f"{type(exc).__name__}: {exc}"},
-        ) from exc
-    raise ContractViolation(
-        "C-INPUT-1", term, f"{case} was accepted; expected a ValueError naming {term}"
-    )
+def _no_vocabulary(batch: MultiTaskBatch) -> MultiTaskBatch:
+    logits = batch.outputs["nuc_predictions"].detach()[..., :0]
+    return dataclasses.replace(batch, outputs={**batch.outputs, "nuc_predictions": logits})
 
 
-# --------------------------------------------------------------------------- C-INPUT-1 (weights)
-
-_BAD_CLASS_WEIGHTS = {
-    "not-numbers": "heavy",
-    "bool": torch.tensor([True, False]),
-    "complex": torch.tensor([1.0 + 1j, 2.0]),
-    "two-dimensional": torch.ones(2, 3),
-    "empty": torch.ones(0),
-}
-
-
-@pytest.mark.rule("C-INPUT-1")
-@pytest.mark.parametrize("case", list(_BAD_CLASS_WEIGHTS))
-def test_unusable_class_weights_raise_a_value_error_naming_them(loss_target, case):
-    """class_weights that are not a non-empty 1-D real tensor fail at construction, clearly.
-
-    Kills ``raise-removed`` in aam's ``_validate_class_weights`` (conversion, dtype, shape).
-    """
-    try:
-        loss_target.make(class_weights=_BAD_CLASS_WEIGHTS[case])
-    except ValueError as exc:
-        if "class_weights" in str(exc):
-            return
-        raise ContractViolation(
-            "C-INPUT-1",
-            "target_loss",
-            f"class_weights {case} raised without naming them",
-            details={"exception": str(exc)},
-        ) from exc
-    except Exception as exc:
-        raise ContractViolation(
-            "C-INPUT-1",
-            "target_loss",
-            f"class_weights {case} raised {type(exc).__name__}, not a ValueError",
-            details={"exception": str(exc)},
-        ) from exc
-    raise ContractViolation(
-        "C-INPUT-1", "target_loss", f"class_weights {case} was accepted; expected a ValueError"
-    )
-
-
-# --------------------------------------------------------------------------- C-SHAPE-1 (count)
-
-
-@pytest.mark.rule("C-SHAPE-1")
-@given(batch=multitask_batches())
-def test_count_predictions_with_more_than_one_column_raise_naming_the_term(
-    loss_target, contract_device, batch
-):
-    """``[B, A, 2]`` count predictions (and counts) against a ``[B, A]`` mask: a ValueError.
-
-    The mask still matches ``shape[:-1]``, so only the ``[B, A, 1]`` check stands between
-    this input and a silently averaged second column. Kills ``raise-removed`` in aam's
-    ``_count_inputs``.
-    """
-    if "count_prediction" not in batch.outputs:
-        return
-    batch = _only_head(batch, "count_loss").to(contract_device)  # per-term isolation
+def _two_count_columns(batch: MultiTaskBatch) -> MultiTaskBatch:
     outputs, targets = dict(batch.outputs), dict(batch.targets)
     outputs["count_prediction"] = outputs["count_prediction"].detach().repeat(1, 1, 2)
     targets["counts"] = targets["counts"].repeat(1, 1, 2)
-    loss = loss_target.make(**batch.loss_kwargs)
-    try:
-        loss(outputs, targets, is_classifier=batch.is_classifier, encoder_type=batch.encoder_type)
-    except ValueError as exc:
-        if "count_loss" in str(exc):
-            return
-        raise ContractViolation(
-            "C-SHAPE-1",
-            "count_loss",
-            "a [B, A, 2] count prediction raised without naming count_loss",
-            details={"exception": str(exc)},
-        ) from exc
-    raise ContractViolation(
+    return dataclasses.replace(batch, outputs=outputs, targets=targets)
+
+
+@dataclass(frozen=True)
+class _GapCase:
+    """One bad input: the term whose error names it, how to build it, what it must name."""
+
+    rule: str
+    term: str
+    needs: str  # the output or target key the batch must have
+    build: _Build
+    names: tuple[str, ...]
+    description: str
+    expected: tuple[type[Exception], ...] = (ValueError,)
+    grad: bool = True
+    head: str = ""  # the term whose head the batch keeps ("": ``term``'s)
+
+
+_PREDICTIONS = {
+    "target_prediction": "target_loss",
+    "count_prediction": "count_loss",
+    "base_prediction": "base_loss",
+    "nuc_predictions": "nuc_loss",
+}
+_TYPES = (TypeError, ValueError)
+
+#: Bad inputs no other contract test drew; each kills a ``raise-removed`` mutant of aam.
+GAP_CASES: dict[str, _GapCase] = {
+    **{
+        f"{key}-integer-dtype": _GapCase(
+            "C-INPUT-1",
+            term,
+            key,
+            _bad_output(key, _integer),
+            (term,),
+            f"{key} as an int64 tensor",
+            _TYPES,
+            grad=False,
+        )
+        for key, term in _PREDICTIONS.items()
+    },
+    **{
+        f"{key}-python-list": _GapCase(
+            "C-INPUT-1",
+            term,
+            key,
+            _bad_output(key, _listed),
+            (term,),
+            f"{key} as a Python list",
+            _TYPES,
+            grad=False,
+        )
+        for key, term in _PREDICTIONS.items()
+    },
+    "nucleotides-as-float": _GapCase(
+        "C-INPUT-1",
+        "nuc_loss",
+        "nucleotides",
+        _bad_target("nucleotides", torch.float32),
+        ("nuc_loss",),
+        "float32 nucleotide ids",
+    ),
+    "class-ids-as-float": _GapCase(
+        "C-INPUT-1",
+        "target_loss",
+        "target",
+        _bad_target("target", torch.float32),
+        ("target_loss",),
+        "float32 class ids",
+    ),
+    "counts-as-complex": _GapCase(
+        "C-INPUT-1",
+        "count_loss",
+        "counts",
+        _bad_target("counts", torch.complex64),
+        ("count_loss",),
+        "complex64 counts",
+    ),
+    "base-target-as-complex": _GapCase(
+        "C-INPUT-1",
+        "base_loss",
+        "base_target",
+        _bad_target("base_target", torch.complex64),
+        ("base_loss",),
+        "a complex64 base target",
+    ),
+    "unknown-target-loss-type": _GapCase(
+        "C-INPUT-1",
+        "target_loss",
+        "target_prediction",
+        _kwarg("target_loss_type", "hinge"),
+        ("target_loss_type",),
+        "target_loss_type='hinge'",
+    ),
+    "unknown-encoder-type": _GapCase(
+        "C-INPUT-1",
+        "base_loss",
+        "base_target",
+        lambda b: dataclasses.replace(b, encoder_type="bogus"),
+        ("encoder_type",),
+        "encoder_type='bogus'",
+    ),
+    "targets-without-counts": _GapCase(
+        "C-INPUT-1",
+        "count_loss",
+        "counts",
+        lambda b: dataclasses.replace(
+            b, targets={k: v for k, v in b.targets.items() if k != "counts"}
+        ),
+        ("count_loss",),
+        "count_prediction given but targets without 'counts'",
+    ),
+    "count-prediction-two-columns": _GapCase(
         "C-SHAPE-1",
         "count_loss",
-        "a [B, A, 2] count prediction was accepted; expected a "
-        "ValueError naming count_loss and the shape",
-        details={"count_prediction": tuple(outputs["count_prediction"].shape)},
+        "count_prediction",
+        _two_count_columns,
+        ("count_loss",),
+        "a [B, A, 2] count prediction (and counts) against a [B, A] mask",
+    ),
+    "class-log-probabilities-without-classes": _GapCase(
+        "C-SHAPE-1",
+        "target_loss",
+        "target_prediction",
+        _bad_output("target_prediction", lambda t: t.detach()[:, :0]),
+        ("target_loss",),
+        "classification target_prediction [B, 0] (no classes)",
+    ),
+    "nuc-predictions-without-vocabulary": _GapCase(
+        "C-SHAPE-1",
+        "nuc_loss",
+        "nuc_predictions",
+        _no_vocabulary,
+        ("nuc_loss",),
+        "nuc_predictions [B, A, L, 0] (no vocabulary)",
+    ),
+}
+
+# class_weights fail at construction whatever the batch: the batch has no target head, so
+# a loss that accepted them is not stopped later by the check of their length against K.
+GAP_CASES.update(
+    {
+        f"class-weights-{name}": _GapCase(
+            "C-INPUT-1",
+            "total_loss",
+            "count_prediction",
+            _kwarg("class_weights", value),
+            ("class_weights",),
+            f"class_weights {name}",
+            head="count_loss",
+        )
+        for name, value in {
+            "not-numbers": "heavy",
+            "bool": torch.tensor([True, False]),
+            "complex": torch.tensor([1.0 + 1j, 2.0]),
+            "two-dimensional": torch.ones(2, 3),
+            "empty": torch.ones(0),
+        }.items()
+    }
+)
+
+
+def check_gap_inputs(loss: LossTarget, batch: MultiTaskBatch, *, term: str, case: str) -> None:
+    """C-INPUT-1 / C-SHAPE-1: one bad input of :data:`GAP_CASES` raises an error naming it.
+
+    A non-floating prediction (an int64 tensor, a Python list) may raise ``TypeError`` or
+    ``ValueError``; every other case ``ValueError``. The message must name the term (or the
+    constructor argument).
+
+    Raises:
+        ContractViolation: on a silent result, another exception, or an unhelpful message.
+        HarnessUsageError: on an unknown case, or a batch without the case's head.
+    """
+    if case not in GAP_CASES:
+        raise HarnessUsageError(f"case must be one of {', '.join(GAP_CASES)}, got case={case!r}")
+    spec = GAP_CASES[case]
+    if term != spec.term:
+        raise HarnessUsageError(f"case {case!r} is for term={spec.term!r}, got term={term!r}")
+    if spec.needs not in batch.outputs and spec.needs not in batch.targets:
+        raise HarnessUsageError(f"case {case!r} needs a batch with {spec.needs!r}")
+    ctx = _Case(spec.rule, term, check_gap_inputs, batch, {"case": case})
+    _expect_value_error(
+        ctx,
+        loss,
+        spec.build(batch),
+        {"invalid input": spec.description},
+        lambda message: ", ".join(name for name in spec.names if not _names(message, name)),
+        what=spec.description,
+        silently="accepted silently",
+        expected=spec.expected,
+        grad=spec.grad,
     )
+
+
+@pytest.mark.rule("C-INPUT-1")
+@pytest.mark.parametrize("case", [c for c, s in GAP_CASES.items() if s.rule == "C-INPUT-1"])
+@given(batch=multitask_batches())
+def test_bad_input_types_and_options_raise_naming_the_term(
+    loss_target, contract_device, case, batch
+):
+    """Bad input gets a clear error: non-float predictions, float ids, complex truths, an
+    unknown ``target_loss_type`` or ``encoder_type``, unusable ``class_weights``, a head
+    whose truth is missing.
+
+    Kills ``raise-removed`` in aam's ``_require_tensor``, ``_require_floating``,
+    ``_require_integer``, ``_require_real``, ``_validate_class_weights``,
+    ``_validate_encoder_type``, the ``target_loss_type`` check of ``MultiTaskLoss.__init__``
+    and the missing-target check of ``MultiTaskLoss.forward``.
+    """
+    spec = GAP_CASES[case]
+    if spec.needs not in batch.outputs and spec.needs not in batch.targets:
+        return
+    if spec.needs == "target" and not batch.is_classifier:
+        return  # regression truths are floats: "class ids as float" needs class ids
+    head = _only_head(batch, spec.head or spec.term).to(contract_device)  # per-term isolation
+    check_gap_inputs(loss_target, head, term=spec.term, case=case)
+
+
+@pytest.mark.rule("C-SHAPE-1")
+@pytest.mark.parametrize("case", [c for c, s in GAP_CASES.items() if s.rule == "C-SHAPE-1"])
+@given(batch=multitask_batches(terms=("count", "nuc", "target"), classifier=True))
+def test_bad_prediction_shapes_raise_naming_the_term(loss_target, contract_device, case, batch):
+    """Shapes only one check stands against raise a ValueError naming the term.
+
+    ``[B, A, 2]`` count predictions (and counts) still match a ``[B, A]`` mask in
+    ``shape[:-1]``, so only the ``[B, A, 1]`` check stops a silently averaged second column;
+    nuc logits with ``V = 0`` match the ids in ``shape[:-1]`` too, and ``[B, 0]`` class
+    log-probabilities match ``B`` ids. Kills ``raise-removed`` in aam's ``_count_inputs``,
+    ``compute_nucleotide_loss`` and ``_classification_loss``.
+    """
+    spec = GAP_CASES[case]
+    if spec.needs not in batch.outputs:
+        return
+    head = _only_head(batch, spec.term).to(contract_device)  # per-term isolation
+    check_gap_inputs(loss_target, head, term=spec.term, case=case)
 
 
 # --------------------------------------------------------------------------- C-INPUT-1 (uint8)
@@ -331,4 +420,679 @@ def test_uint8_nucleotide_ids_with_a_large_vocabulary_are_valid_including_id_0(
             "nuc_loss",
             "uint8 ids give another value than the same int64 ids",
             details={"uint8": small.item(), "int64": wide.item()},
+        )
+    # Class ids take the same branch (the nucleotide ids are range-checked by clamping now).
+    scores = torch.log_softmax(logits[0, 0], dim=-1)  # [3, 300]
+    targets = {"target": ids[0, 0]}
+    try:
+        small = loss({"target_prediction": scores}, targets, is_classifier=True)["target_loss"]
+    except Exception as exc:
+        raise ContractViolation(
+            "C-INPUT-1",
+            "target_loss",
+            "valid uint8 class ids (0, 7, 255) with K = 300 were rejected",
+            details={"exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    wide = loss({"target_prediction": scores}, {"target": ids[0, 0].long()}, is_classifier=True)
+    if not torch.equal(small, wide["target_loss"]):
+        raise ContractViolation(
+            "C-INPUT-1",
+            "target_loss",
+            "uint8 class ids give another value than the same int64 ids",
+            details={"uint8": small.item(), "int64": wide["target_loss"].item()},
+        )
+
+
+# --------------------------------------------------------------------------- C-REF-1 (float masks)
+
+#: Valid entries of a float mask, by turns: any non-zero value marks a valid position.
+_SIGNED_MASK_VALUES = (-1.0, 2.0, 0.5)
+
+
+def _signed_float_masks(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with float32 masks holding -1.0, 2.0 and 0.5 by turns where it is valid."""
+    targets = dict(batch.targets)
+    for key in ("mask", "nuc_mask"):
+        mask = targets.get(key)
+        if mask is None:
+            continue
+        turns = torch.tensor(_SIGNED_MASK_VALUES, device=mask.device)
+        values = turns[torch.arange(mask.numel(), device=mask.device) % len(turns)]
+        targets[key] = torch.where(mask != 0, values.reshape(mask.shape), 0.0)
+    return dataclasses.replace(batch, targets=targets)
+
+
+@pytest.mark.rule("C-REF-1")
+@pytest.mark.parametrize("term", ["count_loss", "nuc_loss"])
+@given(batch=multitask_batches())
+def test_float_masks_are_valid_wherever_non_zero_negative_entries_included(
+    loss_target, contract_device, term, batch
+):
+    """A position is valid where ``mask != 0``: a float mask's -1.0 marks a valid position.
+
+    The drawn masks hold only 0 and 1, so a loss that reads validity as ``mask > 0`` passed
+    every other rule. Kills ``boundary-flipped`` (``mask != 0`` -> ``mask > 0``) in aam's
+    ``_count_inputs`` and in ``compute_nucleotide_loss``.
+    """
+    if term.removesuffix("_loss") not in batch.terms:
+        return
+    batch = _only_head(_signed_float_masks(batch), term).to(contract_device)
+    check_reference_values(loss_target, batch, term=term)
+
+
+# --------------------------------------------------------------------------- C-REF-1 (weights)
+
+
+def _every_class_weighted_3_1_1(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with float32 class weights ``(3, 1, ..., 1)`` and ids cycling every class.
+
+    ``w / max(w)`` is ``1/3``, inexact in float32: normalised in float32 the weights carry a
+    float32 rounding into a float64 loss.
+    """
+    k = int(batch.outputs["target_prediction"].shape[1])
+    weights = torch.ones(k)
+    weights[0] = 3.0
+    ids = torch.arange(batch.batch_size, device=batch.device) % k
+    return dataclasses.replace(
+        batch,
+        targets={**batch.targets, "target": ids},
+        loss_kwargs={**batch.loss_kwargs, "class_weights": weights},
+    )
+
+
+@pytest.mark.rule("C-REF-1")
+@given(
+    batch=multitask_batches(
+        terms=("target",), classifier=True, dtype=torch.float64, min_batch=2, class_weights=True
+    )
+)
+def test_float32_class_weights_keep_a_float64_loss_exact(loss_target, contract_device, batch):
+    """Class weights (a float32 buffer) are normalised in the loss's float64, not in float32.
+
+    Kills ``upcast-removed`` on the weights' promotion in aam's ``_classification_loss``
+    (the bug C-REF-1 once found with weights (3, 1, 1); no dev-profile draw had them).
+    """
+    if batch.outputs["target_prediction"].shape[1] < 2:
+        return
+    batch = _every_class_weighted_3_1_1(batch).to(contract_device)
+    check_reference_values(loss_target, batch, term="target_loss")
+
+
+# --------------------------------------------------------------------------- C-GRAD-1 (huber)
+
+#: Errors ``p - t`` in units of ``HUBER_DELTA``, by turns: both sides of both kinks.
+_HUBER_ERRORS = (-2.0, -0.75, -0.25, 0.5, 1.5)
+
+
+@pytest.mark.rule("C-GRAD-1")
+@given(
+    batch=multitask_batches(
+        terms=("target",), classifier=False, dtype=st.sampled_from([torch.float32, torch.float64])
+    )
+)
+def test_huber_gradient_is_the_clamped_error_over_n(loss_target, contract_device, batch):
+    """``d huber / d p = clamp(p - t, -delta, delta) / n``, in the quadratic regime too.
+
+    C-GRAD-1's tolerance for huber is as wide as its linear-regime gradient (the kink), so a
+    gradient halved inside ``delta`` passed it. Here the errors are placed away from the
+    kinks and the gradient is judged at the rounding of ``p - t``. Kills ``detach-inserted``
+    on ``quad * quad`` in aam's ``_huber``.
+    """
+    batch = batch.to(contract_device)
+    true = batch.targets["target"]
+    dtype = batch.outputs["target_prediction"].dtype
+    turns = torch.tensor(_HUBER_ERRORS, dtype=torch.float64) * HUBER_DELTA
+    errors = turns[torch.arange(true.numel()) % len(turns)].reshape(true.shape)
+    pred = (true.double() + errors.to(true.device)).to(dtype).requires_grad_()
+    loss = loss_target.make(**{**batch.loss_kwargs, "target_loss_type": "huber"})
+    value = loss(
+        {"target_prediction": pred},
+        {"target": true},
+        is_classifier=False,
+        encoder_type=batch.encoder_type,
+    )["target_loss"]
+    (grad,) = torch.autograd.grad(value, pred)
+    p, t = pred.detach().double(), true.double()
+    n = max(pred.numel(), 1)
+    want = (p - t).clamp(-HUBER_DELTA, HUBER_DELTA) / n
+    # p - t and the clamp round at most a few eps of |p| + |t| + delta; /n is exact in 2**k
+    # scaling up to one more rounding.
+    allowed = 8 * torch.finfo(dtype).eps * (p.abs() + t.abs() + HUBER_DELTA) / n
+    off = (grad.double() - want).abs() > allowed
+    if bool(off.any()):
+        first = tuple(int(i) for i in torch.nonzero(off)[0].tolist())
+        raise ContractViolation(
+            "C-GRAD-1",
+            "target_loss",
+            "the huber gradient is not clamp(p - t, -delta, delta) / n",
+            details={
+                "input": batch.describe(),
+                "mismatched": f"{int(off.sum())} / {off.numel()}",
+                "first": f"{first}: gradient {float(grad[first])}, expected {float(want[first])}",
+                "tolerance": f"8 eps (|p| + |t| + delta) / n = {float(allowed[first]):.3g}",
+            },
+        )
+
+
+# --------------------------------------------------------------------------- C-METRIC-INPUT-1
+
+
+def _bad_metric_inputs(case: str, device: str) -> tuple[str, tuple[Any, ...], str, str]:
+    """``(metric callable, its arguments with one bad value, the argument, what is bad)``."""
+    real = torch.tensor([0.5, 1.5, 2.0], dtype=torch.float64, device=device)
+    wide = torch.complex(real, torch.ones_like(real))
+    ids = torch.tensor([0, 1, 1], device=device)
+    mask = torch.ones(1, 3, dtype=torch.bool, device=device)
+    scores = torch.stack([real, -real], dim=1)  # [B, K] = [3, 2]
+    cases: dict[str, tuple[str, tuple[Any, ...], str, str]] = {
+        "regression-complex": ("compute_regression_metrics", (wide, real), "y_pred", "complex"),
+        "classification-complex": (
+            "compute_classification_metrics",
+            (torch.complex(scores, scores), ids),
+            "y_pred",
+            "complex",
+        ),
+        "count-complex": (
+            "compute_count_metrics",
+            (real.reshape(1, 3, 1), wide.reshape(1, 3, 1), mask),
+            "count_true",
+            "complex",
+        ),
+        "count-nan-prediction": (
+            "compute_count_metrics",
+            _nan_at_a_valid_asv(*_count_metric_inputs(device)),
+            "count_pred",
+            "NaN at a valid ASV with B = 2 != A = 3",
+        ),
+        "classification-num-classes-0": (
+            # The streaming constructor: the one-shot function's later checks name
+            # num_classes too, and would hide a missing check.
+            "StreamingClassificationMetrics",
+            (0,),
+            "num_classes",
+            "0",
+        ),
+        "classification-columns-not-num-classes": (
+            "compute_classification_metrics",
+            (scores, ids, 3),
+            "num_classes",
+            "3 for [B, 2] scores",
+        ),
+        "classification-fractional-ids": (
+            "compute_classification_metrics",
+            (scores, torch.tensor([0.0, 1.5, 1.0], device=device)),
+            "y_true",
+            "holding 1.5",
+        ),
+        "count-shapes-differ": (
+            "compute_count_metrics",
+            (real.reshape(1, 3, 1), real.reshape(1, 3, 1).repeat(1, 1, 2), mask),
+            "count_true",
+            "[1, 3, 2] against a [1, 3, 1] count_pred",
+        ),
+        "classification-2d-true": (
+            "compute_classification_metrics",
+            (scores, ids[:, None]),
+            "y_true",
+            "[B, 1]",
+        ),
+        "classification-no-class-columns": (
+            "compute_classification_metrics",
+            (scores[:, :0], ids),
+            "y_pred",
+            "[B, 0]",
+        ),
+        "regression-python-list": (
+            "compute_regression_metrics",
+            (real.tolist(), real),
+            "y_pred",
+            "Python list",
+        ),
+        "regression-merge-with-a-list": (
+            "StreamingRegressionMetrics.merge",
+            ([1.0],),
+            "merge",
+            "list as the other state of",
+        ),
+        "classification-3d-scores": (
+            "compute_classification_metrics",
+            (scores.unsqueeze(-1), ids),
+            "y_pred",
+            "[B, K, 1] (neither [B, K] nor [B])",
+        ),
+    }
+    return cases[case]
+
+
+_METRIC_INPUT_CASES = (
+    "regression-complex",
+    "classification-complex",
+    "count-complex",
+    "count-nan-prediction",
+    "count-shapes-differ",
+    "classification-3d-scores",
+    "classification-num-classes-0",
+    "classification-columns-not-num-classes",
+    "classification-fractional-ids",
+    "classification-2d-true",
+    "classification-no-class-columns",
+    "regression-python-list",
+    "regression-merge-with-a-list",
+)
+_NOT_A_TENSOR = frozenset({"regression-python-list", "regression-merge-with-a-list"})
+
+
+def _nan_at_a_valid_asv(
+    pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pred = pred.clone()
+    pred[1, 0, 0] = math.nan  # mask[1, 0] = 2.0: valid
+    return pred, true, mask
+
+
+def check_bad_metric_inputs(metrics: MetricsTarget, *, case: str, device: str) -> None:
+    """C-METRIC-INPUT-1: a complex or wrongly shaped tensor raises ``ValueError`` naming it.
+
+    Raises:
+        ContractViolation: on a silent result or another exception.
+        HarnessUsageError: on an unknown case.
+    """
+    if case not in _METRIC_INPUT_CASES:
+        raise HarnessUsageError(
+            f"case must be one of {', '.join(_METRIC_INPUT_CASES)}, got case={case!r}"
+        )
+    function, args, argument, what = _bad_metric_inputs(case, device)
+    metric = case.partition("-")[0]
+    replay = ReplaySpec.of(check_bad_metric_inputs, "metrics", case=case, device=device)
+
+    def violation(headline: str, error: BaseException | None) -> ContractViolation:
+        details = {"input": f"{argument} {what}, on {device}"}
+        if error is not None:
+            details["exception"] = f"{type(error).__name__}: {error}"
+        return ContractViolation(
+            "C-METRIC-INPUT-1", metric, headline, details=details, replay=replay
+        )
+
+    # A value that is not a tensor (or not a state) at all may be a TypeError, as in Python.
+    expected = (TypeError, ValueError) if case in _NOT_A_TENSOR else (ValueError,)
+    wanted = " or ".join(e.__name__ for e in expected)
+    try:
+        if function.endswith(".merge"):
+            getattr(metrics, function.removesuffix(".merge"))().merge(*args)
+        else:
+            getattr(metrics, function)(*args)
+    except expected as exc:
+        if _names(str(exc), argument):
+            return
+        raise violation(f"the {wanted} for a {what} {argument} does not name it", exc) from exc
+    except Exception as exc:
+        raise violation(
+            f"a {what} {argument} raised {type(exc).__name__}, not {wanted}", exc
+        ) from exc
+    raise violation(f"a {what} {argument} was accepted silently", None)
+
+
+@pytest.mark.rule("C-METRIC-INPUT-1")
+@pytest.mark.parametrize("case", _METRIC_INPUT_CASES)
+def test_complex_or_misshaped_metric_inputs_raise_naming_the_argument(
+    metrics_target, contract_device, case
+):
+    """Metrics take real tensors of the documented shapes; anything else is a clear error.
+
+    Kills ``raise-removed`` in aam's metrics ``_tensor`` (complex) and the ``y_pred`` rank
+    check of ``StreamingClassificationMetrics`` (no other test gave either input), and
+    ``keepdim-or-squeeze`` on the mask in the NaN error path of the count metrics (a
+    ``[B, A, 1]`` & ``[B, A]`` broadcast that fails once ``B != A``).
+    """
+    check_bad_metric_inputs(metrics_target, case=case, device=contract_device)
+
+
+# --------------------------------------------------------------------------- C-METRIC-EDGE-1
+
+
+@pytest.mark.rule("C-METRIC-EDGE-1")
+def test_targets_whose_variance_underflows_are_constant_to_r2(metrics_target, contract_device):
+    """Targets ``0`` and the smallest subnormal differ, but their variance underflows to 0:
+    R² is then the constant-target case (1.0 for perfect predictions), never 0/0.
+
+    Kills ``boundary-flipped`` (``m2 > 0`` -> ``m2 >= 0``) in aam's
+    ``StreamingRegressionMetrics.compute``, which then divides by a zero ``m2``.
+    """
+    tiny = float(torch.finfo(torch.float64).smallest_normal) * 2.0**-52  # 5e-324
+    y = torch.tensor([0.0, tiny], dtype=torch.float64, device=contract_device)
+    try:
+        result = metrics_target.compute_regression_metrics(y, y.clone())
+    except Exception as exc:
+        raise ContractViolation(
+            "C-METRIC-EDGE-1",
+            "regression",
+            "targets (0, 5e-324) with perfect predictions raised",
+            details={"exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    if result["r2"] != 1.0:
+        raise ContractViolation(
+            "C-METRIC-EDGE-1",
+            "regression",
+            "targets (0, 5e-324), whose variance underflows, with perfect predictions: "
+            "R² is not 1.0",
+            details={"r2": result["r2"]},
+        )
+
+
+# --------------------------------------------------------------------------- C-GRAD-1 (nuc, 2nd)
+
+
+@pytest.mark.rule("C-GRAD-1")
+@given(
+    batch=multitask_batches(terms=("nuc",), dtype=st.sampled_from([torch.float32, torch.float64]))
+)
+def test_nuc_gradient_with_create_graph_is_the_same_and_differentiable(
+    loss_target, contract_device, batch
+):
+    """With ``create_graph=True`` (gradient penalties, ``jvp`` by double backward) the nuc
+    gradient is the same gradient, and it is linear in the incoming gradient ``v``.
+
+    aam's masked cross-entropy has its own backward with a separate differentiable branch
+    that no other test ran. Kills ``keepdim-or-squeeze`` (the row mask not unsqueezed) and
+    ``detach-inserted`` on the incoming gradient and ``guard-removed`` on the padded rows'
+    ``where`` in ``_MaskedCrossEntropy.backward``.
+    """
+    # NaN in the padded logits: the differentiable branch must select them away too.
+    batch = batch.with_garbage(math.nan).to(contract_device)
+    logits = batch.outputs["nuc_predictions"].detach().requires_grad_()
+    ids, mask = batch.targets["nucleotides"], batch.targets["nuc_mask"]
+    loss = loss_target.make(**batch.loss_kwargs)
+    (plain,) = torch.autograd.grad(loss.compute_nucleotide_loss(logits, ids, mask), logits)
+    value = loss.compute_nucleotide_loss(logits, ids, mask)
+    v = torch.ones_like(value, requires_grad=True)
+    details: dict[str, object] = {"input": batch.describe()}
+    try:
+        (graphed,) = torch.autograd.grad(value, logits, grad_outputs=v, create_graph=True)
+        (dv,) = torch.autograd.grad(
+            (graphed * plain).sum(), v, allow_unused=True, materialize_grads=True
+        )
+    except RuntimeError as exc:
+        raise ContractViolation(
+            "C-GRAD-1",
+            "nuc_loss",
+            "the nuc gradient with create_graph=True raised",
+            details={**details, "exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    scale = float(plain.detach().abs().amax()) if plain.numel() else 0.0
+    allowed = 16 * torch.finfo(plain.dtype).eps * scale
+    off = float((graphed.detach() - plain).abs().amax()) if plain.numel() else 0.0
+    # d/dv <v * grad, grad> = |grad|^2: zero where the double-backward graph lost v.
+    want = float((plain.double() ** 2).sum())
+    close = off <= allowed and abs(float(dv) - want) <= 16 * torch.finfo(plain.dtype).eps * want
+    if not close:  # NaN compares False: a NaN gradient fails here
+        raise ContractViolation(
+            "C-GRAD-1",
+            "nuc_loss",
+            "the nuc gradient with create_graph=True differs from the plain gradient, or is "
+            "not linear in the incoming gradient",
+            details={
+                **details,
+                "largest difference": f"{off:.3g} (allowed {allowed:.3g})",
+                "d/dv <v grad, grad>": f"{float(dv):.9g}, expected |grad|^2 = {want:.9g}",
+            },
+        )
+
+
+# --------------------------------------------------------------------------- C-REF-1 (int counts)
+
+#: The first integer float32 cannot hold: 2**24 + 1 rounds to 2**24.
+_BEYOND_FLOAT32 = 2**24 + 1
+
+
+def _large_integer_counts(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with int64 counts ``2**24 + 1 + i`` (float32 would round them) and
+    predictions near them, so the squared errors are small against the counts."""
+    counts = batch.targets["counts"]
+    steps = torch.arange(counts.numel(), device=counts.device).reshape(counts.shape) % 7
+    ids = (_BEYOND_FLOAT32 + steps).to(torch.int64)
+    pred = batch.outputs["count_prediction"]
+    near = (ids.double() + 0.25 * steps.double()).to(pred.dtype)
+    return dataclasses.replace(
+        batch,
+        outputs={**batch.outputs, "count_prediction": near},
+        targets={**batch.targets, "counts": ids},
+    )
+
+
+@pytest.mark.rule("C-REF-1")
+@given(batch=multitask_batches(terms=("count",), dtype=torch.float64))
+def test_integer_counts_beyond_float32_keep_a_float64_loss_exact(
+    loss_target, contract_device, batch
+):
+    """Integer counts are converted to the compute dtype (float64 here), not to float32.
+
+    ``torch.where(valid, counts, 0.0)`` on int64 counts gives the default float32 and
+    rounds ``2**24 + 1``. Kills ``upcast-removed`` on the truth in aam's
+    ``compute_count_loss``.
+    """
+    batch = _large_integer_counts(batch).to(contract_device)
+    check_reference_values(loss_target, batch, term="count_loss")
+
+
+def _large_integer_base_targets(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with an int64 unifrac target ``2**24 + 1 + i`` and predictions near it."""
+    true = batch.targets["base_target"]
+    steps = torch.arange(true.numel(), device=true.device).reshape(true.shape) % 7
+    ids = (_BEYOND_FLOAT32 + steps).to(torch.int64)
+    pred = batch.outputs["base_prediction"]
+    near = (ids.double() + 0.25 * steps.double()).to(pred.dtype)
+    return dataclasses.replace(
+        batch,
+        outputs={**batch.outputs, "base_prediction": near},
+        targets={**batch.targets, "base_target": ids},
+    )
+
+
+@pytest.mark.rule("C-REF-1")
+@given(
+    batch=multitask_batches(
+        terms=("base",), dtype=torch.float64, encoder_type="unifrac", embeddings=False
+    )
+)
+def test_integer_base_targets_beyond_float32_keep_a_float64_loss_exact(
+    loss_target, contract_device, batch
+):
+    """As for counts: an int64 base target is converted to float64, not to float32.
+
+    Kills ``upcast-removed`` on the truth in aam's ``_base_loss``.
+    """
+    batch = _large_integer_base_targets(batch).to(contract_device)
+    check_reference_values(loss_target, batch, term="base_loss")
+
+
+# --------------------------------------------------------------------------- count metrics
+
+
+def _count_metric_inputs(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[B, A, 1]`` predictions and counts with ``B = 2 != A = 3``, and a float mask."""
+    pred = torch.tensor([[1.0, 2.0, 4.0], [0.5, 3.0, 9.0]], dtype=torch.float64, device=device)
+    true = torch.tensor([[1.5, 2.0, 1.0], [0.0, 5.0, 7.0]], dtype=torch.float64, device=device)
+    mask = torch.tensor([[1.0, -1.0, 0.0], [2.0, 0.0, -0.5]], device=device)
+    return pred[..., None], true[..., None], mask
+
+
+@pytest.mark.rule("C-METRIC-REF-1")
+def test_count_metrics_take_any_non_zero_float_mask_entry_as_valid(metrics_target, contract_device):
+    """Valid is ``mask != 0`` for the count metrics too: -1.0 and 2.0 mark valid ASVs.
+
+    Kills ``boundary-flipped`` (``mask != 0`` -> ``mask > 0``) in aam's metrics
+    ``_count_inputs``.
+    """
+    pred, true, mask = _count_metric_inputs(contract_device)
+    signed = metrics_target.compute_count_metrics(pred, true, mask)
+    plain = metrics_target.compute_count_metrics(pred, true, mask != 0)
+    if signed != plain:
+        raise ContractViolation(
+            "C-METRIC-REF-1",
+            "count",
+            "count metrics with a float mask holding -1.0 / 2.0 / -0.5 at valid ASVs differ "
+            "from the same mask as bool",
+            details={"float mask": signed, "bool mask": plain, "mask": mask.tolist()},
+        )
+
+
+# --------------------------------------------------------------------------- C-SHAPE-1 (distances)
+
+_BAD_EMBEDDINGS = {
+    "one-dimensional": (3,),
+    "no-features": (3, 0),
+}
+
+
+def check_bad_embeddings(loss: LossTarget, *, case: str, device: str) -> None:
+    """C-SHAPE-1: ``pairwise_distances`` of embeddings that are not ``[B, D >= 1]`` raises
+    ``ValueError`` naming the embeddings and their shape.
+
+    Raises:
+        ContractViolation: on a silent result or another exception.
+        HarnessUsageError: on an unknown case.
+    """
+    if case not in _BAD_EMBEDDINGS:
+        raise HarnessUsageError(
+            f"case must be one of {', '.join(_BAD_EMBEDDINGS)}, got case={case!r}"
+        )
+    shape = _BAD_EMBEDDINGS[case]
+    emb = torch.linspace(-1.0, 1.0, math.prod(shape), device=device).reshape(shape)
+    replay = ReplaySpec.of(check_bad_embeddings, "loss", case=case, device=device)
+    term = "compute_pairwise_distances"
+
+    def violation(headline: str, error: BaseException | None) -> ContractViolation:
+        details = {"embeddings": f"shape {shape}, float32, on {device}"}
+        if error is not None:
+            details["exception"] = f"{type(error).__name__}: {error}"
+        return ContractViolation("C-SHAPE-1", term, headline, details=details, replay=replay)
+
+    try:
+        loss.pairwise_distances(emb)
+    except ValueError as exc:
+        if _names(str(exc), "embeddings") and str(shape) in str(exc):
+            return
+        raise violation(f"the ValueError for {shape} embeddings does not name them", exc) from exc
+    except Exception as exc:
+        raise violation(
+            f"embeddings of shape {shape} raised {type(exc).__name__}, not ValueError", exc
+        ) from exc
+    raise violation(f"embeddings of shape {shape} were accepted silently", None)
+
+
+@pytest.mark.rule("C-SHAPE-1")
+@pytest.mark.parametrize("case", list(_BAD_EMBEDDINGS))
+def test_embeddings_that_are_not_b_by_d_raise_naming_them(loss_target, contract_device, case):
+    """Embeddings must be ``[B, D]`` with ``D >= 1``; a 1-D or featureless tensor is a clear
+    error. Kills ``raise-removed`` in aam's ``compute_pairwise_distances``.
+    """
+    check_bad_embeddings(loss_target, case=case, device=contract_device)
+
+
+def _large_integer_regression_targets(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with int64 regression targets ``2**24 + 1 + i``, predictions near them, and
+    the MAE loss (whose halving ``true * 0.5`` would run in float32 on ints)."""
+    true = batch.targets["target"]
+    steps = torch.arange(true.numel(), device=true.device).reshape(true.shape) % 7
+    ids = (_BEYOND_FLOAT32 + steps).to(torch.int64)
+    pred = batch.outputs["target_prediction"]
+    near = (ids.double() + 0.25 * steps.double()).to(pred.dtype)
+    return dataclasses.replace(
+        batch,
+        outputs={**batch.outputs, "target_prediction": near},
+        targets={**batch.targets, "target": ids},
+        loss_kwargs={**batch.loss_kwargs, "target_loss_type": "mae"},
+    )
+
+
+@pytest.mark.rule("C-REF-1")
+@given(batch=multitask_batches(terms=("target",), classifier=False, dtype=torch.float64))
+def test_integer_regression_targets_beyond_float32_keep_a_float64_loss_exact(
+    loss_target, contract_device, batch
+):
+    """As for counts: int64 regression targets are converted to float64 before the MAE.
+
+    Kills ``upcast-removed`` on the truth in aam's ``compute_target_loss``.
+    """
+    batch = _large_integer_regression_targets(batch).to(contract_device)
+    check_reference_values(loss_target, batch, term="target_loss")
+
+
+# --------------------------------------------------------------------------- C-INPUT-1 (mappings)
+
+
+def check_outputs_not_a_mapping(loss: LossTarget, *, which: str, device: str) -> None:
+    """C-INPUT-1: ``outputs`` or ``targets`` given as a list of pairs raises ``TypeError`` or
+    ``ValueError`` naming it (``forward`` takes mappings).
+
+    Raises:
+        ContractViolation: on a silent result or another exception.
+    """
+    pred = torch.zeros(1, 2, 1, device=device)
+    parts: dict[str, Any] = {
+        "outputs": {"count_prediction": pred},
+        "targets": {"counts": pred.clone(), "mask": torch.ones(1, 2, device=device)},
+    }
+    parts[which] = list(parts[which].items())
+    replay = ReplaySpec.of(check_outputs_not_a_mapping, "loss", which=which, device=device)
+
+    def violation(headline: str, error: BaseException | None) -> ContractViolation:
+        details = {which: "a list of (key, tensor) pairs"}
+        if error is not None:
+            details["exception"] = f"{type(error).__name__}: {error}"
+        return ContractViolation(
+            "C-INPUT-1", "total_loss", headline, details=details, replay=replay
+        )
+
+    try:
+        loss.make()(parts["outputs"], parts["targets"])
+    except (TypeError, ValueError) as exc:
+        if _names(str(exc), which):
+            return
+        raise violation(f"the error for {which} as a list does not name it", exc) from exc
+    except Exception as exc:
+        raise violation(
+            f"{which} as a list raised {type(exc).__name__}, not TypeError or ValueError", exc
+        ) from exc
+    raise violation(f"{which} as a list was accepted silently", None)
+
+
+@pytest.mark.rule("C-INPUT-1")
+@pytest.mark.parametrize("which", ["outputs", "targets"])
+def test_outputs_and_targets_that_are_not_mappings_raise_naming_them(
+    loss_target, contract_device, which
+):
+    """``forward`` takes mappings; a list of pairs is a clear error. Kills ``raise-removed``
+    on the mapping check of aam's ``MultiTaskLoss.forward``.
+    """
+    check_outputs_not_a_mapping(loss_target, which=which, device=contract_device)
+
+
+@pytest.mark.rule("C-STREAM-2")
+def test_merge_leaves_the_other_state_unchanged(metrics_target, contract_device):
+    """``a.merge(b)`` folds ``b`` into ``a`` and leaves ``b`` as it was (its docstring and any
+    sync that merges one state into several rely on it).
+
+    Kills ``inplace-on-input`` (``mean - s_mean`` -> ``mean.sub_(s_mean)``) in aam's
+    ``StreamingRegressionMetrics._combine``, which merge calls with the other state's tensors.
+    """
+    f64 = {"dtype": torch.float64, "device": contract_device}
+    a, b, untouched = (metrics_target.StreamingRegressionMetrics() for _ in range(3))
+    a.update(torch.tensor([1.0, 2.0, 4.0], **f64), torch.tensor([1.5, 2.0, 3.0], **f64))
+    for state in (b, untouched):
+        state.update(torch.tensor([7.0, -1.0], **f64), torch.tensor([6.0, 0.5], **f64))
+    a.merge(b)
+    # compute() alone does not read every field (not the mean): feed both states once more,
+    # so a changed field shows in what they report.
+    for state in (b, untouched):
+        state.update(torch.tensor([3.0, 9.0], **f64), torch.tensor([2.0, 4.0], **f64))
+    if b.compute() != untouched.compute():
+        raise ContractViolation(
+            "C-STREAM-2",
+            "regression",
+            "merge changed the state merged in (seen after one more update of it)",
+            details={
+                "merged-in state": b.compute(),
+                "same state, never merged": untouched.compute(),
+            },
         )

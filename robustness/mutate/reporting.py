@@ -37,6 +37,8 @@ class Record:
     test: str = ""
     detail: str = ""
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the worker's CPU time on this mutant (load-independent)
+    tests_run: int = 0
     before: str = ""  # the original node's text (ast.unparse)
     after: str = ""  # the replacement's text
     diff: str = ""

@@ -6,16 +6,19 @@ runs task after task in-process with ``pytest.main``: the same packaged suite, `
 and plugins the gate runs, so a test's verdict is the gate's verdict.
 
 1. The *original* (unmutated) target runs first, split over the workers. Every test records
-   which functions of the mutated files it executed (a ``sys.settrace`` call hook: code
-   objects only, no line events) and whether it ran code in child processes.
+   which lines of the mutated files it executed (a global ``sys.settrace`` hook that
+   returns a line tracer only for frames of those files, so other code gets no line
+   events) and whether it ran code in child processes.
 2. Each *mutant* then runs only the tests that execute one of its lines (module- and
    class-level mutants: every test that touches the file; a test that also runs code in
    child processes, where no tracer runs, counts as executing all of every file it touches
    in this process), minus the tests the original
    does not pass and every test of a rule the original fails, in a fixed order with the
-   cheap rules that kill most first (:data:`RULE_ORDER`), and stops at the first failure
-   (``-x``). A test that never executes the mutated code behaves exactly as on the
-   original (the Hypothesis profiles are derandomized), so skipping it changes no verdict.
+   cheap rules that kill most first (:data:`RULE_ORDER`), the tests that killed other
+   mutants of the same function before them (:class:`KillOrder`), and stops at the first
+   failure (``-x``), under the profile without shrinking (:func:`mutant_profile`). A test
+   that never executes the mutated code behaves exactly as on the original (the
+   Hypothesis profiles are derandomized), so skipping it changes no verdict.
 
 A mutant that exceeds its time limit is stopped by ``SIGALRM`` inside the worker; a worker
 that does not answer even then is terminated and replaced (status ``timeout`` either way).
@@ -44,6 +47,7 @@ from robustness.mutate.generation import Mutant
 
 __all__ = [
     "RULE_ORDER",
+    "KillOrder",
     "Outcome",
     "Result",
     "RunConfig",
@@ -87,6 +91,27 @@ _GATE_INI = Path(__file__).resolve().parent.parent / "gate.ini"
 _PLUGINS = "_hypothesis_pytestplugin,robustness.plugin"
 #: Seconds a worker gets beyond a mutant's limit before it is terminated from outside.
 _GRACE = 60.0
+#: Prefix of the profile a mutant runs under: the chosen profile without shrinking.
+_MUTANT_PROFILE = "robustness-mutate-"
+
+
+def mutant_profile(profile: str) -> str:
+    """Register and name ``profile`` without its shrink and explain phases (in a worker).
+
+    A mutant needs a verdict, not a minimal example: Hypothesis finds the same first failing
+    example with or without shrinking (generation does not depend on it, and the profiles
+    are derandomized), but shrinking it costs many more runs of the test. The original keeps
+    the profile as chosen, so its failures are reported minimal.
+    """
+    from hypothesis import Phase, settings
+
+    import robustness.profiles  # noqa: F401  (registers the contract's profiles)
+
+    base = settings.get_profile(profile)
+    phases = tuple(p for p in base.phases if p not in (Phase.shrink, Phase.explain))
+    name = _MUTANT_PROFILE + profile
+    settings.register_profile(name, settings(base, phases=phases))
+    return name
 
 
 def rule_rank(rule: str) -> int:
@@ -253,6 +278,7 @@ def _pytest(
     traced: bool,
     stop_first: bool,
     select: Callable[[list[str]], list[str]] | None = None,
+    profile: str | None = None,
 ) -> Outcome:
     import pytest
 
@@ -263,7 +289,7 @@ def _pytest(
         config.cwd,
         "--pyargs",
         "robustness.contract",
-        f"--hypothesis-profile={config.profile}",
+        f"--hypothesis-profile={profile or config.profile}",
         "--robustness-target",
         loss,
         "--robustness-metrics",
@@ -346,7 +372,14 @@ def _run_mutant(
             if config.gathered:
                 os.environ[GATHERED_LOSS_ENV] = package.spec(config.gathered)
             outcome = _pytest(
-                config, loss, metrics, workdir / "repros", keep, traced=False, stop_first=True
+                config,
+                loss,
+                metrics,
+                workdir / "repros",
+                keep,
+                traced=False,
+                stop_first=True,
+                profile=mutant_profile(config.profile),
             )
     except _Timeout:
         return Result(
@@ -466,11 +499,16 @@ class WorkerPool:
         self.close()
 
     def run(
-        self, tasks: Sequence[tuple[Any, ...]], limits: Sequence[float | None]
+        self,
+        tasks: Sequence[tuple[Any, ...]],
+        limits: Sequence[float | None],
+        prepare: Callable[[int, tuple[Any, ...]], tuple[Any, ...]] | None = None,
     ) -> Iterator[tuple[int, str, Any]]:
         """Yield ``(task index, "ok" | "error" | "timeout" | "crash", value)`` as tasks finish.
 
-        ``limits[i]`` (seconds, ``None`` for none) bounds task ``i`` from outside.
+        ``limits[i]`` (seconds, ``None`` for none) bounds task ``i`` from outside;
+        ``prepare(i, task)``, when given, rewrites a task just before it is sent (so it can
+        use what the tasks before it found).
         """
         pending = list(range(len(tasks)))
         pending.reverse()
@@ -484,7 +522,8 @@ class WorkerPool:
                     worker.deadline = (
                         time.monotonic() + limit + _GRACE if limit is not None else float("inf")
                     )
-                    worker.conn.send(tasks[index])
+                    task = tasks[index]
+                    worker.conn.send(task if prepare is None else prepare(index, task))
                     busy += 1
             ready = mpc.wait([w.conn for w in self._workers if w.task is not None], timeout=1.0)
             for position, worker in enumerate(self._workers):
@@ -514,6 +553,33 @@ class WorkerPool:
             if old.process.is_alive():
                 old.process.kill()
         self._workers[position] = self._start()
+
+
+class KillOrder:
+    """Run first the tests that killed other mutants of the same function, most kills first.
+
+    Mutants are run in file order, so the mutants of one function come one after another;
+    a test that caught one of them is the likeliest to catch the next, and a killed mutant
+    stops at its first failing test. Ties keep the :func:`select_tests` order (cheap rules
+    first). Reordering never changes a verdict: the same tests run, each derandomized.
+    """
+
+    def __init__(self) -> None:
+        self._kills: dict[tuple[str, str, str], int] = {}
+
+    def record(self, mutant: Mutant, test: str) -> None:
+        """``test`` killed ``mutant``."""
+        key = (mutant.file, mutant.function, test)
+        self._kills[key] = self._kills.get(key, 0) + 1
+
+    def order(self, mutant: Mutant, tests: Sequence[str]) -> list[str]:
+        """``tests`` (in :func:`select_tests` order) with the killers of its function first."""
+        kills = self._kills
+        ranked = sorted(
+            enumerate(tests),
+            key=lambda item: (-kills.get((mutant.file, mutant.function, item[1]), 0), item[0]),
+        )
+        return [test for _, test in ranked]
 
 
 def select_tests(

@@ -13,6 +13,7 @@ from robustness.mutate.equivalent import Equivalent
 from robustness.mutate.generation import Mutant, SourceFile, diff, mutated_source
 from robustness.mutate.reporting import Record, render, report_json, write_json
 from robustness.mutate.running import (
+    KillOrder,
     Outcome,
     Result,
     RunConfig,
@@ -127,9 +128,17 @@ def run_session(
             )
             limits.append(limit)
         results: dict[int, Result] = {}
-        for index, kind, value in pool.run(tasks, limits):
+        order = KillOrder()
+
+        def prepare(index: int, task: tuple[Any, ...]) -> tuple[Any, ...]:
+            kind, mutant, source, keep, limit = task
+            return (kind, mutant, source, order.order(mutant, keep), limit)
+
+        for index, kind, value in pool.run(tasks, limits, prepare):
             if kind == "ok":
                 results[index] = value
+                if value.status == "killed" and value.test:
+                    order.record(mutants[index], value.test)
             elif kind == "timeout":
                 results[index] = Result("timeout", detail="worker stopped answering; terminated")
             elif kind == "crash":
@@ -172,6 +181,8 @@ def run_session(
                 test=result.test,
                 detail=detail,
                 seconds=round(result.seconds, 2),
+                cpu_seconds=round(result.cpu_seconds, 2),
+                tests_run=result.tests_run,
                 before=mutant.original,
                 after=mutant.replacement,
                 diff=diff(mutant, texts[mutant.file]),

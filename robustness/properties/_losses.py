@@ -1071,10 +1071,15 @@ def _expect_value_error(
     *,
     what: str,
     silently: str,
+    expected: tuple[type[Exception], ...] = (ValueError,),
+    grad: bool = True,
 ) -> None:
     """Run ``bad`` through ``loss``: it must raise ``ValueError`` whose message names all.
 
     ``missing_in(message)`` says what the message fails to name ("" when nothing).
+    ``expected`` widens the accepted exception types (a ``TypeError`` for a prediction that
+    is not a tensor at all); ``grad=False`` runs ``bad`` as it is, for outputs that cannot
+    require grad (a Python list).
 
     Raises:
         ContractViolation: if nothing is raised, another exception is, or something is missing.
@@ -1084,8 +1089,9 @@ def _expect_value_error(
     with warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")
         try:
-            value = _value(ctx, _forward(loss.make(**bad.loss_kwargs), bad.with_grad()))
-        except ValueError as exc:
+            run = bad.with_grad() if grad else bad
+            value = _value(ctx, _forward(loss.make(**bad.loss_kwargs), run))
+        except expected as exc:
             error: Exception | None = exc
         except ContractViolation:
             raise
@@ -1100,22 +1106,23 @@ def _expect_value_error(
             "warned": f"{first.category.__name__}: {first.message}"
             + (f" (and {len(warned) - 1} more)" if len(warned) > 1 else ""),
         }
+    wanted = " or ".join(e.__name__ for e in expected)
     if error is None:
         only = " with only a warning" if warned else ""
         raise ctx.violation(
-            f"{what} was {silently}{only} instead of raising ValueError",
+            f"{what} was {silently}{only} instead of raising {wanted}",
             {**details, "returned": _num(value)},
         )
-    if isinstance(error, ValueError):
+    if isinstance(error, expected):
         missing = missing_in(str(error))
         if missing:
             raise ctx.violation(
-                f"the ValueError for {what} does not name {missing}",
+                f"the {wanted} for {what} does not name {missing}",
                 {**details, "exception": _exc(error)},
             ) from error
         return
     raise ctx.violation(
-        f"{what} raised {type(error).__name__}, not ValueError",
+        f"{what} raised {type(error).__name__}, not {wanted}",
         {**details, "exception": _exc(error)},
     ) from error
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from robustness.mutate.cli import run_mutate
+from robustness.mutate.generation import Mutant
+from robustness.mutate.running import KillOrder, mutant_profile
 
 SELECTION = "torch.where(valid, pred.to(dtype), 0.0)"
 MULTIPLICATION = "pred.to(dtype) * valid"
@@ -118,3 +120,45 @@ def test_a_target_that_masks_by_multiplication_fails_first_and_is_reported_clear
     # judged only by the rule the original passes (C-SCALAR-1), which cannot see it
     assert [m["status"] for m in mutants] == ["survived"]  # type: ignore[index,union-attr]
     assert status == 1
+
+
+def _mutant(function: str) -> Mutant:
+    return Mutant(
+        id="0000000000",
+        operator="guard-removed",
+        generic=False,
+        file="aam/training/losses.py",
+        module="aam.training.losses",
+        line=1,
+        end_line=1,
+        function=function,
+        scope="function",
+        original="x",
+        replacement="y",
+        node_index=0,
+    )
+
+
+def test_tests_that_killed_a_mutant_of_the_same_function_run_first() -> None:
+    order = KillOrder()
+    tests = ["cheap", "middle", "killer"]
+    assert order.order(_mutant("f"), tests) == tests  # nothing known: select_tests order
+    order.record(_mutant("f"), "killer")
+    order.record(_mutant("f"), "middle")
+    order.record(_mutant("f"), "killer")
+    order.record(_mutant("g"), "cheap")
+    assert order.order(_mutant("f"), tests) == ["killer", "middle", "cheap"]
+    assert order.order(_mutant("h"), tests) == tests  # kills elsewhere do not reorder
+
+
+def test_mutants_run_the_chosen_profile_without_shrinking() -> None:
+    from hypothesis import Phase, settings
+
+    name = mutant_profile("dev")
+    profile, dev = settings.get_profile(name), settings.get_profile("dev")
+    assert Phase.shrink in dev.phases
+    assert Phase.shrink not in profile.phases
+    assert Phase.explain not in profile.phases
+    assert Phase.generate in profile.phases
+    assert Phase.explicit in profile.phases
+    assert (profile.max_examples, profile.derandomize) == (dev.max_examples, dev.derandomize)
