@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from robustness.contract._row import running_term
+from robustness.contract._batches import row_batches
 from robustness.properties._losses import (
     LOSS_INPUT_CASES,
     LOSS_SHAPE_CASES,
@@ -49,36 +48,11 @@ from robustness.properties._losses import (
     check_zero_class_weights,
 )
 from robustness.properties._regress import _only_head
-from robustness.strategies import TERMS, MultiTaskBatch, multitask_batches
+from robustness.strategies import MultiTaskBatch, multitask_batches
 
 PER_HEAD = ("target_loss", "count_loss", "base_loss", "nuc_loss")
 EMPTIABLE = ("count_loss", "base_loss", "nuc_loss", "total_loss")
 HALVES = st.sampled_from([torch.float16, torch.bfloat16])
-_HEAD_OF = {"target_loss": "target", "count_loss": "count", "base_loss": "base", "nuc_loss": "nuc"}
-
-
-def row_batches(**options: Any) -> st.SearchStrategy[MultiTaskBatch]:
-    """``multitask_batches(**options)``, drawing tensors only for the running row's head.
-
-    A per-term row judges the batch restricted to its term's head (:func:`_for`). The other
-    heads' sizes and options are still drawn (``values_for``), so the restricted batch is
-    distributed exactly as a batch of every head restricted afterwards, without drawing the
-    tensors that would be thrown away (they were most of a per-term example's cost).
-    ``total_loss`` rows, and tests without a ``term`` parameter, draw every head.
-    """
-    heads = tuple(options.get("terms", TERMS))
-    every_head = multitask_batches(**options)
-    by_term = {
-        term: multitask_batches(values_for=(head,), **options)
-        for term, head in _HEAD_OF.items()
-        if head in heads
-    }
-
-    @st.composite
-    def draw_row_batch(draw: st.DrawFn) -> MultiTaskBatch:
-        return draw(by_term.get(running_term() or "", every_head))
-
-    return draw_row_batch()
 
 
 # Batches with every head (values only for a per-term row's head); ordinary values, or finite

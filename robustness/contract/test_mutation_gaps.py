@@ -19,6 +19,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from robustness.contract._batches import row_batches
 from robustness.errors import ContractViolation, HarnessUsageError, ReplaySpec
 from robustness.properties._losses import (
     _Case,
@@ -72,7 +73,7 @@ def _with_truth_garbage(batch: MultiTaskBatch, fill: float) -> MultiTaskBatch:
 
 @pytest.mark.rule("C-MASK-1")
 @pytest.mark.parametrize("term", ["count_loss", "base_loss", "total_loss"])
-@given(batch=multitask_batches())
+@given(batch=row_batches())
 def test_garbage_in_padded_truths_never_changes_a_value(loss_target, contract_device, term, batch):
     """C-MASK-1 says *values* at padded positions never matter; the suite filled only outputs.
 
@@ -464,7 +465,7 @@ def _signed_float_masks(batch: MultiTaskBatch) -> MultiTaskBatch:
 
 @pytest.mark.rule("C-REF-1")
 @pytest.mark.parametrize("term", ["count_loss", "nuc_loss"])
-@given(batch=multitask_batches())
+@given(batch=row_batches())
 def test_float_masks_are_valid_wherever_non_zero_negative_entries_included(
     loss_target, contract_device, term, batch
 ):
