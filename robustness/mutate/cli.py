@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-mutants", type=int, default=None, metavar="N")
     parser.add_argument(
+        "--ids",
+        default=None,
+        metavar="ID[,ID...]",
+        help="only these mutants (ids as --list prints them), e.g. to re-check survivors",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=None,
@@ -173,6 +179,16 @@ def _select(
     if options.shard:
         shard = parse_shard(options.shard)
         mutants = [m for m in mutants if in_shard(m.id, shard)]
+    if options.ids:
+        wanted = [i.strip() for i in options.ids.split(",") if i.strip()]
+        known = {m.id for m in mutants}
+        unknown = [i for i in wanted if i not in known]
+        if unknown:
+            raise HarnessUsageError(
+                f"--ids: no mutant {', '.join(unknown)} among the {len(mutants)} selected; "
+                "ids follow the code (`mutate --list` prints the current ones)"
+            )
+        mutants = [m for m in mutants if m.id in set(wanted)]
     if options.max_mutants is not None:
         if options.max_mutants < 0:
             raise HarnessUsageError(f"--max-mutants must be >= 0, got {options.max_mutants}")

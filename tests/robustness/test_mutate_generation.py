@@ -160,6 +160,12 @@ def test_show_prints_the_diff(capsys: pytest.CaptureFixture[str]) -> None:
     assert " * " in out
 
 
+def test_ids_keep_exactly_the_named_mutants(capsys: pytest.CaptureFixture[str]) -> None:
+    every = _list(capsys)
+    wanted = [every[-1], every[0]]
+    assert _list(capsys, "--ids", ",".join(wanted)) == [every[0], every[-1]]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -169,6 +175,7 @@ def test_show_prints_the_diff(capsys: pytest.CaptureFixture[str]) -> None:
         (["--paths", "tests/robustness/test_mutate_generation.py"], "not part of the target"),
         (["--show", "0000000000"], "no mutant"),
         (["--max-mutants", "-1"], "--max-mutants"),
+        (["--ids", "0000000000"], "--ids: no mutant 0000000000"),
     ],
     ids=[
         "shard-out-of-range",
@@ -177,6 +184,7 @@ def test_show_prints_the_diff(capsys: pytest.CaptureFixture[str]) -> None:
         "path-outside",
         "unknown-id",
         "negative-max",
+        "unknown-ids",
     ],
 )
 def test_bad_options_are_one_line_usage_errors(
