@@ -30,6 +30,7 @@ import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -258,7 +259,7 @@ def _check_values(
     finite: Sequence[_FiniteCheck],
     ids: Sequence[_IdCheck] = (),
     screens: Mapping[str, tuple[Tensor, Tensor | None]] | None = None,
-    clamped: Mapping[str, Tensor] | None = None,
+    clamped: Mapping[str, Tensor] = MappingProxyType({}),
     retry: Callable[[], Tensor] | None = None,
 ) -> Tensor | None:
     """Raise on non-finite values or out-of-range ids at valid positions; one host sync.
@@ -273,9 +274,10 @@ def _check_values(
     screen without a mask is read as it is (no op at all). A flagged screen is confirmed on
     the full tensor, so a finite sum that merely overflowed raises nothing.
 
-    ``clamped`` maps a key of ``ids`` to that tensor already clamped to ``[0, upper)`` (as
-    the caller needs it for indexing anyway): an id is then out of range where the two
-    differ, one comparison instead of two.
+    ``clamped`` maps every key of ``ids`` to that tensor already clamped to ``[0, upper)``
+    (as the caller needs it for indexing anyway): an id is out of range where the two
+    differ, one comparison instead of two (and no Python bound to compare with an integer
+    dtype that cannot hold it).
 
     ``retry`` recomputes the term the careful way (pre-scaled sums) for a term that was
     computed the quick way and screens with its own value: when that screen is non-finite
@@ -301,13 +303,8 @@ def _check_values(
                 flags.append(tensor)  # finite when fine: the flag needs no op
                 continue
         flags.append(_finite_flag(tensor.detach(), valid))
-    for key, tensor, valid, upper in ids:
-        if clamped is not None and key in clamped:
-            bad = clamped[key] != tensor
-        else:
-            # A Python bound beyond the dtype's range would wrap (uint8 >= 300 is ">= 44").
-            too_big = tensor >= upper if upper <= torch.iinfo(tensor.dtype).max else None
-            bad = tensor < 0 if too_big is None else (tensor < 0) | too_big
+    for key, tensor, valid, _ in ids:
+        bad = clamped[key] != tensor
         ids_bad.append(bad if valid is None else bad.logical_and_(valid))
         # count_nonzero, not sum(dtype=float64): no float64 copy of the mask (1 pass).
         flags.append(torch.count_nonzero(ids_bad[-1]).to(torch.float64))
@@ -475,18 +472,6 @@ def _pow2_scales_of(count: Tensor, *, squared: bool) -> tuple[Tensor, Tensor]:
     return torch.ldexp(torch.ones_like(count), -k), torch.ldexp(1.0 / count, power)
 
 
-def _pow2_scales_bounded(bound: int, count: Tensor, *, squared: bool) -> tuple[float, Tensor]:
-    """:func:`_pow2_scales` for ``count <= bound`` terms, ``count`` a 0-dim tensor (no sync).
-
-    ``pre`` comes from the host-side ``bound`` (a smaller ``pre`` only keeps the partial sums
-    further below the mean), ``post = 2**p / count``: one rounding, as ``sum / count`` has.
-    Two tensor ops instead of the eight of :func:`_pow2_scales_of`.
-    """
-    pre, _ = _pow2_scales(bound, squared=squared)
-    power = 1.0 / (pre * pre if squared else pre)
-    return pre, power / count.clamp(min=1.0)
-
-
 _Scale = Tensor | float
 
 
@@ -497,19 +482,21 @@ def _mse(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
 
 
 def _mean_square(diff: Tensor, bound: int, count: Tensor) -> Tensor:
-    """``sum(diff**2) / count`` for ``count <= bound`` selected entries (0 where none).
+    """``sum(diff**2) / count`` for ``1 <= count <= bound`` selected entries.
 
-    ``count`` is a 0-dim tensor in ``diff``'s dtype (no host sync).
+    ``count`` is a 0-dim tensor in ``diff``'s dtype (no host sync). It is the pre-scaled
+    retry of a quick ``sum / count`` whose sum overflowed, so some entry is selected: no
+    guard against ``count = 0``.
 
-    ``diff`` holds 0 at unselected entries. ``pre`` comes from the host-side ``bound`` (see
-    :func:`_pow2_scales_bounded`), and the sum is divided by ``count * pre**2``: one
-    rounding, as ``sum / count`` has, and one node fewer in the backward than a separate
-    rescale.
+    ``diff`` holds 0 at unselected entries. ``pre`` comes from the host-side ``bound`` (a
+    smaller ``pre`` only keeps the partial sums further below the mean), and the sum is
+    divided by ``count * pre**2``: one rounding, as ``sum / count`` has, and one node fewer
+    in the backward than a separate rescale.
     """
     pre, _ = _pow2_scales(bound, squared=True)
     scaled = diff * pre
     # count * pre**2 is exact (a power-of-two scaling of an integer): one division rounds.
-    return (scaled * scaled).sum() / (count.clamp(min=1.0) * (pre * pre))
+    return (scaled * scaled).sum() / (count * (pre * pre))
 
 
 def _mae(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
@@ -1042,10 +1029,11 @@ class MultiTaskLoss(nn.Module):
         selected = weights[ids_long]
         total = selected.sum()
         has_weight = total > 0
-        # C-WEIGHT-1: a safe denominator, then select 0, so all-zero weights give 0 (not 0/0).
+        # C-WEIGHT-1: a safe denominator, so all-zero weights give 0 (not 0/0): every
+        # selected weight is then 0 and every nll finite (a non-finite prediction raises
+        # before the loss is returned), so no select of 0 is needed after the sum.
         denom = torch.where(has_weight, total, torch.ones_like(total))
-        loss = ((selected / denom) * nll).sum()
-        return torch.where(has_weight, loss, torch.zeros_like(loss))
+        return ((selected / denom) * nll).sum()
 
     # ---------------------------------------------------------------------------- count
 
