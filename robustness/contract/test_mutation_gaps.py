@@ -20,7 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from robustness.contract._batches import row_batches
+from robustness.contract.test_loss_rules import OVERFLOWING_SUM, _full_batch
 from robustness.errors import ContractViolation, HarnessUsageError, ReplaySpec
+from robustness.properties._gradients import check_reference_gradients
 from robustness.properties._losses import (
     _Case,
     _expect_value_error,
@@ -1097,3 +1099,161 @@ def test_merge_leaves_the_other_state_unchanged(metrics_target, contract_device)
                 "same state, never merged": untouched.compute(),
             },
         )
+
+
+# --------------------------------------------------------------------------- group revloss
+# Survivors of the full run in aam's checks, mean-square retries, masked cross-entropy,
+# classification and count terms (docs/mutation.md, issue 12).
+
+
+def _overflowing_base_sum(batch: MultiTaskBatch) -> MultiTaskBatch:
+    """``batch`` with unifrac base errors whose squares are ``finfo.max / 5`` at every pair.
+
+    As ``OVERFLOWING_SUM`` for the count term: the mean of the squares is representable, the
+    plain sum over more than 5 pairs is not, so the base term takes its pre-scaled retry.
+    """
+    size = batch.targets["base_target"].shape[0]
+    gap = math.sqrt(float(torch.finfo(batch.dtype).max) / 5)
+    off = ~torch.eye(size, dtype=torch.bool)
+    outputs = {**batch.outputs, "base_prediction": torch.where(off, gap, 0.0)}
+    targets = {**batch.targets, "base_target": torch.zeros(size, size)}
+    return dataclasses.replace(batch, outputs=outputs, targets=targets)
+
+
+#: Terms whose quick sum overflows while their mean does not: 6 valid ASVs, 12 pairs.
+_OVERFLOWING_SUMS = {
+    "count_loss": OVERFLOWING_SUM,
+    "base_loss": _overflowing_base_sum(_full_batch(4, seed=7)),
+}
+
+
+@pytest.mark.rule("C-REF-1")
+@pytest.mark.parametrize("term", list(_OVERFLOWING_SUMS))
+def test_a_term_whose_quick_sum_overflows_keeps_its_reference_value(
+    loss_target, contract_device, term
+):
+    """A mean of squares whose plain sum overflows is still the mean (C-FINITE-1 drew only
+    its finiteness).
+
+    Kills ``denominator-changed`` (``sum`` -> ``mean``) and ``constant-changed`` on the
+    count in aam's ``_mean_square``, the pre-scaled retry such a term falls back to.
+    """
+    batch = _only_head(_OVERFLOWING_SUMS[term], term).to(contract_device)
+    check_reference_values(loss_target, batch, term=term)
+
+
+@pytest.mark.rule("C-GRAD-1")
+@pytest.mark.parametrize("term", list(_OVERFLOWING_SUMS))
+def test_a_term_whose_quick_sum_overflows_keeps_its_reference_gradient(
+    loss_target, contract_device, term
+):
+    """The gradient of that mean is ``2 (p - t) / n``, through the retry too.
+
+    Kills ``detach-inserted`` on ``diff * pre`` and on either side of ``scaled * scaled`` in
+    aam's ``_mean_square`` (a zero or halved gradient).
+    """
+    batch = _only_head(_OVERFLOWING_SUMS[term], term).to(contract_device)
+    check_reference_gradients(loss_target, batch, term=term)
+
+
+def _class_weights_for_another_k(batch: MultiTaskBatch) -> MultiTaskBatch:
+    classes = batch.outputs["target_prediction"].shape[1]
+    weights = torch.ones(classes + 1)
+    return dataclasses.replace(batch, loss_kwargs={**batch.loss_kwargs, "class_weights": weights})
+
+
+GAP_CASES["class-weights-for-another-k"] = _GapCase(
+    "C-SHAPE-1",
+    "target_loss",
+    "target_prediction",
+    _class_weights_for_another_k,
+    ("target_loss", "class_weights"),
+    "K + 1 class weights for K classes",
+)
+
+
+@pytest.mark.rule("C-SHAPE-1")
+@given(batch=multitask_batches(terms=("target",), classifier=True))
+def test_class_weights_for_another_number_of_classes_raise_naming_them(
+    loss_target, contract_device, batch
+):
+    """``K + 1`` class weights for ``K`` classes raise; they index fine, so nothing else
+    stops a weight silently ignored (``K - 1`` would at least be an ``IndexError``).
+
+    Kills ``raise-removed`` on the class-weights length check of aam's
+    ``_classification_loss``.
+    """
+    head = _only_head(batch, "target_loss").to(contract_device)
+    check_gap_inputs(loss_target, head, term="target_loss", case="class-weights-for-another-k")
+
+
+def _softmax_hvp(logits: torch.Tensor, valid: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``H u`` of the mean cross-entropy over the valid rows, in float64: per row
+    ``(p * u - p * (p . u)) / n``, 0 at padded rows (the ids do not enter it)."""
+    x = torch.where(valid[..., None], logits.double(), 0.0)
+    p = torch.softmax(x, dim=-1)
+    uu = u.double()
+    rows = p * uu - p * (p * uu).sum(dim=-1, keepdim=True)
+    n = max(int(valid.sum()), 1)
+    return torch.where(valid[..., None], rows / n, 0.0)
+
+
+def check_nuc_hessian_vector_product(
+    loss: LossTarget, batch: MultiTaskBatch, *, term: str = "nuc_loss"
+) -> None:
+    """C-GRAD-1 for second derivatives: the nuc loss's double backward gives ``H u``.
+
+    ``u`` is a fixed direction with entries of both signs in ``[-1, 1]``; the float64
+    reference is :func:`_softmax_hvp`.
+
+    Raises:
+        ContractViolation: if double backward raises or an entry is off by more than a few
+            roundings of ``2 / n``.
+    """
+    logits = batch.outputs["nuc_predictions"].detach().requires_grad_()
+    ids, mask = batch.targets["nucleotides"], batch.targets["nuc_mask"]
+    valid = (mask != 0).cpu()
+    steps = torch.arange(logits.numel(), dtype=torch.float64).reshape(logits.shape)
+    u = torch.cos(steps * 0.7).to(logits.dtype).to(logits.device)
+    case = _Case("C-GRAD-1", term, check_nuc_hessian_vector_product, batch)
+    try:
+        value = loss.make(**batch.loss_kwargs).compute_nucleotide_loss(logits, ids, mask)
+        (grad,) = torch.autograd.grad(value, logits, create_graph=True)
+        (hvp,) = torch.autograd.grad(
+            (grad * u).sum(), logits, allow_unused=True, materialize_grads=True
+        )
+    except RuntimeError as exc:
+        raise case.violation(
+            "the nuc loss's double backward raised",
+            {"exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    want = _softmax_hvp(logits.detach().cpu(), valid, u.cpu())
+    n = max(int(valid.sum()), 1)
+    # Each entry is p_i (u_i - p . u) / n with |u| <= 1: a few roundings of at most 2 / n.
+    allowed = 16 * torch.finfo(logits.dtype).eps * 2 / n
+    off = (hvp.detach().cpu().double() - want).abs()
+    worst = float(off.amax()) if off.numel() else 0.0
+    if not worst <= allowed:  # NaN compares False: a NaN entry fails here
+        raise case.violation(
+            "the nuc loss's Hessian-vector product (double backward) is not the softmax Hessian's",
+            {
+                "largest difference": f"{worst:.3g} (allowed {allowed:.3g})",
+                "largest expected entry": f"{float(want.abs().amax()):.3g}",
+            },
+        )
+
+
+@pytest.mark.rule("C-GRAD-1")
+@given(
+    batch=multitask_batches(terms=("nuc",), dtype=st.sampled_from([torch.float32, torch.float64]))
+)
+def test_nuc_hessian_vector_product_is_the_softmax_hessian(loss_target, contract_device, batch):
+    """Double backward of the nuc loss gives ``H u`` with ``H = diag(p) - p p^T`` per valid
+    row over ``n`` (gradient penalties and Newton steps differentiate the gradient again).
+
+    The create-graph test above checks the gradient and its linearity in the incoming
+    gradient only. Kills ``detach-inserted`` on ``probs`` in the ``create_graph`` branch of
+    aam's ``_MaskedCrossEntropy.backward`` (the Hessian's softmax part lost).
+    """
+    # NaN in the padded logits: the second derivative must select them away too.
+    check_nuc_hessian_vector_product(loss_target, batch.with_garbage(math.nan).to(contract_device))
