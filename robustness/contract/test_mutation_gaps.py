@@ -1147,6 +1147,16 @@ def test_count_pred_with_two_columns_raises_naming_it(metrics_target, contract_d
     check_count_pred_with_two_columns(metrics_target, device=contract_device)
 
 
+def _classification_state(
+    metrics: MetricsTarget, k: int | None, ids: list[int], device: str
+) -> Any:
+    """A ``StreamingClassificationMetrics(k)`` fed ``ids`` (predicted: the ids reversed)."""
+    state = metrics.StreamingClassificationMetrics(k)
+    t = torch.tensor(ids, device=device)
+    state.update(t, t.flip(0))
+    return state
+
+
 #: Merge cases: (this state's num_classes, its ids), (the other state's), whether the check
 #: asks both merge orders to raise (differently fixed K) or ``this.merge(other)`` only (the
 #: other state saw more classes than this one's fixed K; the reverse merge is allowed).
@@ -1175,10 +1185,7 @@ def check_classification_merge_of_mismatched_states(
     (k_a, ids_a), (k_b, ids_b), both = _MERGE_CASES[case]
 
     def state(k: int | None, ids: list[int]) -> Any:
-        s = metrics.StreamingClassificationMetrics(k)
-        t = torch.tensor(ids, device=device)
-        s.update(t, t.flip(0))
-        return s
+        return _classification_state(metrics, k, ids, device)
 
     orders = [("a.merge(b)", lambda: state(k_a, ids_a).merge(state(k_b, ids_b)))]
     if both:
@@ -1227,9 +1234,7 @@ def _mismatched_sync_job(rank: int, world_size: int, payload: dict[str, Any]) ->
 
     metrics = load_metrics_target(payload["spec"])
     k, ids = payload["ranks"][rank]
-    state = metrics.StreamingClassificationMetrics(k)
-    t = torch.tensor(ids, device=_rank_device(payload["device"], rank))
-    state.update(t, t.flip(0))
+    state = _classification_state(metrics, k, ids, _rank_device(payload["device"], rank))
     try:
         state.sync_distributed()
     except ValueError as exc:
@@ -1256,6 +1261,10 @@ def check_sync_of_mismatched_classification_states(
         raise HarnessUsageError(f"case must be one of {', '.join(_SYNC_CASES)}, got {case!r}")
     ranks = _SYNC_CASES[case]
     _importable(metrics)
+    # Every rank's own updates are valid, so only the sync can raise. (Fed here too, in this
+    # process: mutate selects a test whose code runs in child processes by what it runs here.)
+    for k, ids in ranks:
+        _classification_state(metrics, k, ids, device)
     payload = {"spec": metrics.spec, "ranks": ranks, "device": device}
     pool = shared_pool(len(ranks), _backend(device))
     outcomes = pool.run(_mismatched_sync_job, payload, timeout=_job_timeout())
