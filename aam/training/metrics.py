@@ -605,8 +605,10 @@ class StreamingClassificationMetrics:
         predicted = counts.sum(dim=0)
 
         def ratio(num: Tensor, den: Tensor) -> Tensor:
-            # zero_division=0: a class never predicted (or never true) scores 0, not 0/0.
-            return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+            # zero_division=0: a class never predicted (or never true) scores 0, not 0/0. The
+            # counts are integers and num <= den (tp <= support, predicted), so num is 0
+            # wherever den is: clamping den to 1 gives that 0 and leaves every other den alone.
+            return num / den.clamp(min=1.0)
 
         def weighted(per_class: Tensor) -> float:
             return float((per_class * support).sum()) / n

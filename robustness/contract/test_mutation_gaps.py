@@ -1257,3 +1257,216 @@ def test_nuc_hessian_vector_product_is_the_softmax_hessian(loss_target, contract
     """
     # NaN in the padded logits: the second derivative must select them away too.
     check_nuc_hessian_vector_product(loss_target, batch.with_garbage(math.nan).to(contract_device))
+
+
+# --------------------------------------------------------------------------- group revmetrics
+# Survivors of aam/training/metrics.py (issue 12 review, group revmetrics): the count
+# prediction's own shape check, and the num_classes checks of merge and sync_distributed.
+
+
+def _raises_naming(call: Callable[[], object], name: str) -> str | None:
+    """``None`` if ``call()`` raises ``ValueError`` naming ``name``, else what happened."""
+    try:
+        call()
+    except ValueError as exc:
+        return None if _names(str(exc), name) else f"ValueError not naming {name}: {exc}"
+    except Exception as exc:
+        return f"{type(exc).__name__}, not ValueError: {exc}"
+    return "accepted silently"
+
+
+def check_count_pred_with_two_columns(metrics: MetricsTarget, *, device: str) -> None:
+    """C-METRIC-INPUT-1: a ``[B, A, 2]`` count_pred (with a ``[B, A, 2]`` count_true and a
+    ``[B, A]`` mask, so every other shape check passes) raises ``ValueError`` naming it.
+
+    Raises:
+        ContractViolation: on a silent result (one column read, the other ignored), another
+            exception, or a message that does not name count_pred.
+    """
+    f64 = torch.float64
+    pred = torch.tensor([[[1.0, 5.0], [2.0, 6.0], [3.0, 7.0]]], dtype=f64, device=device)
+    true = torch.tensor([[[1.5, 0.0], [2.0, 1.0], [2.5, 9.0]]], dtype=f64, device=device)
+    mask = torch.ones(1, 3, dtype=torch.bool, device=device)
+    what = _raises_naming(lambda: metrics.compute_count_metrics(pred, true, mask), "count_pred")
+    if what is not None:
+        raise ContractViolation(
+            "C-METRIC-INPUT-1",
+            "count",
+            f"a [1, 3, 2] count_pred (count metrics take [B, A, 1]): {what}",
+            details={"input": f"count_pred and count_true [1, 3, 2], mask [1, 3], on {device}"},
+            replay=ReplaySpec.of(check_count_pred_with_two_columns, "metrics", device=device),
+        )
+
+
+@pytest.mark.rule("C-METRIC-INPUT-1")
+def test_count_pred_with_two_columns_raises_naming_it(metrics_target, contract_device):
+    """Kills ``raise-removed`` on the ``[B, A, 1]`` check of aam's ``_count_inputs``
+    (``ed1d22b405``): without it, count_true of the same shape and a ``[B, A]`` mask pass the
+    other checks and the metrics silently read column 0 only.
+    """
+    check_count_pred_with_two_columns(metrics_target, device=contract_device)
+
+
+def _classification_state(
+    metrics: MetricsTarget, k: int | None, ids: list[int], device: str
+) -> Any:
+    """A ``StreamingClassificationMetrics(k)`` fed ``ids`` (predicted: the ids reversed)."""
+    state = metrics.StreamingClassificationMetrics(k)
+    t = torch.tensor(ids, device=device)
+    state.update(t, t.flip(0))
+    return state
+
+
+#: Merge cases: (this state's num_classes, its ids), (the other state's), whether the check
+#: asks both merge orders to raise (differently fixed K) or ``this.merge(other)`` only (the
+#: other state saw more classes than this one's fixed K; the reverse merge is allowed).
+_MERGE_CASES: dict[str, tuple[tuple[int | None, list[int]], tuple[int | None, list[int]], bool]] = {
+    "differently-fixed": ((5, [4, 0, 1]), (3, [0, 2]), True),
+    "more-classes-than-fixed": ((3, [0, 2, 1]), (None, [4, 1]), False),
+}
+
+
+def check_classification_merge_of_mismatched_states(
+    metrics: MetricsTarget, *, case: str, device: str
+) -> None:
+    """C-STREAM-2: merging classification states whose class counts disagree raises
+    ``ValueError`` naming num_classes, never a silent ``[K, K]`` matrix of another K.
+
+    A state fixed to K = 3 fed the other's ids 3 and 4 raises (C-METRIC-INPUT-1), so merging
+    them in must too; two states fixed to different K raise in either order (a merge that
+    one order refuses, the other must not accept: merge is commutative).
+
+    Raises:
+        ContractViolation: on a silent merge, another exception, or an unhelpful message.
+        HarnessUsageError: on an unknown case.
+    """
+    if case not in _MERGE_CASES:
+        raise HarnessUsageError(f"case must be one of {', '.join(_MERGE_CASES)}, got {case!r}")
+    (k_a, ids_a), (k_b, ids_b), both = _MERGE_CASES[case]
+
+    def state(k: int | None, ids: list[int]) -> Any:
+        return _classification_state(metrics, k, ids, device)
+
+    orders = [("a.merge(b)", lambda: state(k_a, ids_a).merge(state(k_b, ids_b)))]
+    if both:
+        orders.append(("b.merge(a)", lambda: state(k_b, ids_b).merge(state(k_a, ids_a))))
+    for label, merge in orders:
+        what = _raises_naming(merge, "num_classes")
+        if what is not None:
+            raise ContractViolation(
+                "C-STREAM-2",
+                "classification",
+                f"{label} of states a (num_classes={k_a}) and b (num_classes={k_b}): {what}",
+                details={"a": f"ids {ids_a}", "b": f"ids {ids_b}", "device": device},
+                replay=ReplaySpec.of(
+                    check_classification_merge_of_mismatched_states,
+                    "metrics",
+                    case=case,
+                    device=device,
+                ),
+            )
+
+
+@pytest.mark.rule("C-STREAM-2")
+@pytest.mark.parametrize("case", list(_MERGE_CASES))
+def test_classification_merge_of_mismatched_states_raises(metrics_target, contract_device, case):
+    """Kills ``raise-removed`` on both num_classes checks of aam's
+    ``StreamingClassificationMetrics.merge`` (``7e6fe1ffe8``: K = 5 merging K = 3 then gives
+    a 5 x 5 matrix while the reverse order raises; ``e53ae99451``: a K = 3 state then holds a
+    5 x 5 matrix).
+    """
+    check_classification_merge_of_mismatched_states(
+        metrics_target, case=case, device=contract_device
+    )
+
+
+#: Sync cases over 2 ranks: per rank (num_classes, ids); every rank must raise.
+_SYNC_CASES: dict[str, tuple[tuple[int | None, list[int]], ...]] = {
+    "differently-fixed": ((3, [0, 2, 1]), (5, [4, 0])),
+    "more-classes-than-fixed": ((3, [0, 2, 1]), (None, [4, 1])),
+}
+
+
+def _mismatched_sync_job(rank: int, world_size: int, payload: dict[str, Any]) -> str | None:
+    """On one rank: feed its ids to a state of its num_classes, sync; the ValueError or None."""
+    from robustness.properties._distributed import _rank_device
+    from robustness.target import load_metrics_target
+
+    metrics = load_metrics_target(payload["spec"])
+    k, ids = payload["ranks"][rank]
+    state = _classification_state(metrics, k, ids, _rank_device(payload["device"], rank))
+    try:
+        state.sync_distributed()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def check_sync_of_mismatched_classification_states(
+    metrics: MetricsTarget, *, case: str, device: str
+) -> None:
+    """C-DDP-1: ranks whose classification states disagree on K (fixed differently, or one
+    inferring more classes than another's fixed num_classes) all raise ``ValueError`` naming
+    num_classes in ``sync_distributed``: no rank ends with a ``[K, K]`` matrix of another K.
+
+    Raises:
+        ContractViolation: if a rank syncs silently, fails otherwise, or its message does not
+            name num_classes.
+        HarnessUsageError: on an unknown case.
+    """
+    from robustness.process_group import shared_pool
+    from robustness.properties._distributed import _backend, _importable, _job_timeout
+
+    if case not in _SYNC_CASES:
+        raise HarnessUsageError(f"case must be one of {', '.join(_SYNC_CASES)}, got {case!r}")
+    ranks = _SYNC_CASES[case]
+    _importable(metrics)
+    # Every rank's own updates are valid, so only the sync can raise. (Fed here too, in this
+    # process: mutate selects a test whose code runs in child processes by what it runs here.)
+    for k, ids in ranks:
+        _classification_state(metrics, k, ids, device)
+    payload = {"spec": metrics.spec, "ranks": ranks, "device": device}
+    pool = shared_pool(len(ranks), _backend(device))
+    outcomes = pool.run(_mismatched_sync_job, payload, timeout=_job_timeout())
+    for outcome in outcomes:
+        if not outcome.ok:
+            what = f"failed otherwise: {outcome.error.splitlines()[0] if outcome.error else '-'}"
+        elif outcome.value is None:
+            what = "synced silently"
+        elif not _names(outcome.value, "num_classes"):
+            what = f"raised ValueError not naming num_classes: {outcome.value}"
+        else:
+            continue
+        raise ContractViolation(
+            "C-DDP-1",
+            "classification",
+            f"sync_distributed on ranks with (num_classes, ids) {list(ranks)}: rank "
+            f"{outcome.rank} {what}",
+            details={"device": device},
+            replay=ReplaySpec.of(
+                check_sync_of_mismatched_classification_states,
+                "metrics",
+                case=case,
+                device=device,
+            ),
+        )
+
+
+@pytest.mark.rule("C-DDP-1")
+@pytest.mark.xdist_group("process-groups")
+@pytest.mark.parametrize("case", list(_SYNC_CASES))
+def test_sync_of_mismatched_classification_states_raises_on_every_rank(
+    metrics_target, contract_device, case
+):
+    """Kills ``raise-removed`` on both num_classes checks of aam's
+    ``StreamingClassificationMetrics.sync_distributed`` (``d257bfeba1``, ``781dddf75c``):
+    without them every rank silently sums padded matrices into a K it was not built for.
+    """
+    from robustness.properties._distributed import distributed_skip_reason
+
+    reason = distributed_skip_reason(contract_device, len(_SYNC_CASES[case]))
+    if reason is not None:
+        pytest.skip(reason)
+    check_sync_of_mismatched_classification_states(
+        metrics_target, case=case, device=contract_device
+    )
