@@ -25,14 +25,17 @@ from robustness.errors import ContractViolation, HarnessUsageError, ReplaySpec
 from robustness.properties._gradients import check_reference_gradients
 from robustness.properties._losses import (
     _Case,
+    _compare,
     _expect_value_error,
     _names,
+    check_pairwise_distances,
     check_reference_values,
 )
 from robustness.properties._regress import _only_head
 from robustness.references import HUBER_DELTA
 from robustness.strategies import MultiTaskBatch, multitask_batches
 from robustness.target import LossTarget, MetricsTarget
+from robustness.tolerances import tolerance
 
 # Fills for padded truths: what a data loader leaves in padding (NaN, inf, huge values).
 _FLOAT_FILLS = (("NaN", math.nan), ("+inf", math.inf), ("-inf", -math.inf), ("1e30", 1e30))
@@ -1470,3 +1473,109 @@ def test_sync_of_mismatched_classification_states_raises_on_every_rank(
     check_sync_of_mismatched_classification_states(
         metrics_target, case=case, device=contract_device
     )
+
+
+# ------------------------------------------------- group revpair: the pairwise distances' forward
+
+
+def _embedded(rows: list[list[float]]) -> MultiTaskBatch:
+    """A float64 unifrac batch whose only output is the embeddings ``rows``."""
+    emb = torch.tensor(rows, dtype=torch.float64)
+    return MultiTaskBatch(
+        outputs={"embeddings": emb},
+        targets={"base_target": torch.zeros(emb.shape[0], emb.shape[0], dtype=torch.float64)},
+        padded={"embeddings": torch.zeros(emb.shape, dtype=torch.bool)},
+        encoder_type="unifrac",
+    )
+
+
+@pytest.mark.rule("C-DIST-1", term="base_loss")
+def test_distances_shorter_than_the_batch_spread_are_exact(loss_target, contract_device):
+    """Two rows 0.6 apart on either side of the batch mean, in a batch spread over 2: a pair
+    far apart against its rows' norms (a Gram-form pair on cpu) but shorter than the batch's
+    largest centred component. Random draws spread rows too widely to hold one.
+
+    Kills ``constant-changed`` (``squared.clamp_(min=0.0)`` -> ``min=1.0``) in aam's
+    ``_pairwise_forward``: the distance became the batch's scale, 1.0.
+    """
+    batch = _embedded([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.3], [0.0, -0.3]])
+    check_pairwise_distances(loss_target, batch.to(contract_device), term="base_loss")
+
+
+# Rows 1e-6 apart (a pair the cpu Gram form recomputes from direct differences) beside a
+# distant row (Gram pairs); the incoming gradient weights every pair differently.
+_SECOND_ORDER_ROWS = {
+    "near-duplicates": [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0 + 1e-6], [0.0, 5.0, 1.0]],
+    "distinct": [[1.0, 2.0, 3.0], [-2.0, 0.5, 3.5], [0.0, 5.0, 1.0]],
+}
+
+
+def check_pairwise_second_derivatives(loss: LossTarget, *, case: str, device: str) -> None:
+    """C-GRAD-1: the Hessian-vector product of ``sum_ij w_ij d_ij`` with respect to the
+    embeddings (double backward through ``create_graph=True``) matches the float64 reference
+    ``(I - n n^T) / d`` of each pair, differentiated by autograd on direct differences.
+
+    Raises:
+        ContractViolation: on an exception or a product outside the float64 tolerance.
+        HarnessUsageError: on an unknown case.
+    """
+    if case not in _SECOND_ORDER_ROWS:
+        raise HarnessUsageError(
+            f"case must be one of {', '.join(_SECOND_ORDER_ROWS)}, got case={case!r}"
+        )
+    replay = ReplaySpec.of(check_pairwise_second_derivatives, "loss", case=case, device=device)
+    f64 = {"dtype": torch.float64, "device": device}
+    rows = torch.tensor(_SECOND_ORDER_ROWS[case], **f64)
+    size, dim = rows.shape
+    weights = torch.arange(1.0, size * size + 1.0, **f64).reshape(size, size)
+    v = torch.linspace(-1.0, 1.0, size * dim, **f64).reshape(size, dim)
+    off = ~torch.eye(size, dtype=torch.bool, device=device)
+
+    def reference(emb: torch.Tensor) -> torch.Tensor:
+        diff = torch.where(off[..., None], emb[:, None, :] - emb[None, :, :], 1.0)
+        return torch.where(off, diff.norm(dim=-1), 0.0)
+
+    def hvp(distances: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        emb = rows.clone().requires_grad_()
+        (grad,) = torch.autograd.grad((distances(emb) * weights).sum(), emb, create_graph=True)
+        (second,) = torch.autograd.grad((grad * v).sum(), emb)
+        return second
+
+    details = {"embeddings": f"{case}: {rows.tolist()}, float64, on {device}"}
+    try:
+        got = hvp(loss.pairwise_distances)
+    except RuntimeError as exc:
+        raise ContractViolation(
+            "C-GRAD-1",
+            "base_loss",
+            "double backward of the pairwise distances raised",
+            details={**details, "exception": f"{type(exc).__name__}: {exc}"},
+            replay=replay,
+        ) from exc
+    expected = hvp(reference)
+    tol = tolerance(torch.float64, n=dim, scale=float(expected.abs().amax()))
+    message = _compare(got, expected, tol)
+    if message is not None:
+        raise ContractViolation(
+            "C-GRAD-1",
+            "base_loss",
+            "the second derivative of the pairwise distances (double backward) is wrong "
+            "(a detached direction?)",
+            details={**details, "comparison": message},
+            replay=replay,
+        )
+
+
+@pytest.mark.rule("C-GRAD-1", term="base_loss")
+@pytest.mark.parametrize("case", list(_SECOND_ORDER_ROWS))
+def test_pairwise_distances_have_the_reference_second_derivative(
+    loss_target, contract_device, case
+):
+    """Gradient penalties differentiate the distances' gradient again; aam's recomputed
+    pairs get theirs from the direct form's unit directions, which no other test
+    differentiated twice.
+
+    Kills ``detach-inserted`` in aam's ``_direct_distances`` on ``left``, ``right``, ``diff``
+    (in the ratio), either factor of ``ratio * ratio`` and ``ratio`` in the units.
+    """
+    check_pairwise_second_derivatives(loss_target, case=case, device=contract_device)
