@@ -198,13 +198,17 @@ def nan_diagonal() -> Converter:
 
     The contract excludes the diagonal of a ``[B, B]`` unifrac target by position; a loss that
     instead ignores the NaN entries of its target gets the target with NaN on the diagonal
-    (a copy: the caller's tensor is not modified). Other shapes pass through unchanged, so the
-    wrapped loss still sees, and must reject, a mismatched shape.
+    (a copy: the caller's tensor is not modified). An integer or bool target, which the
+    contract allows (it is converted to float64), becomes float64 first, since NaN needs a
+    floating dtype. Other shapes pass through unchanged, so the wrapped loss still sees, and
+    must reject, a mismatched shape.
     """
 
     def to_nan(target: torch.Tensor) -> torch.Tensor:
         if target.dim() != 2 or target.shape[0] != target.shape[1]:
             return target
+        if not (target.is_floating_point() or target.is_complex()):
+            target = target.to(torch.float64)
         eye = torch.eye(target.shape[0], dtype=torch.bool, device=target.device)
         return torch.where(eye, torch.full_like(target, float("nan")), target)
 

@@ -171,6 +171,17 @@ def test_nan_diagonal_marks_a_copy():
     assert torch.equal(true, before)
 
 
+def test_nan_diagonal_turns_an_integer_target_into_an_exact_float64_copy():
+    # Integer unifrac targets are valid input (converted to float64); NaN needs a float.
+    true = torch.tensor([[0, 2**40 + 1], [2**40 + 1, 0]])
+    named = nan_diagonal()("compute_base_loss", {"base_target": true, "encoder_type": "unifrac"})
+    marked = named["base_target"]
+    assert marked.dtype == torch.float64
+    assert torch.isnan(marked.diagonal()).all()
+    assert marked[0, 1].item() == 2**40 + 1
+    assert true.dtype == torch.int64
+
+
 def test_pad_ids_keeps_the_cross_entropy_and_refuses_what_it_cannot_represent():
     logits = torch.randn(2, 3, 4, 5)
     ids = torch.randint(0, 5, (2, 3, 4))
