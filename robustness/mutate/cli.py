@@ -244,7 +244,17 @@ def _main(options: argparse.Namespace) -> int:
         return EXIT_OK
     from robustness.mutate.session import run_session
 
-    return run_session(options, loss, metrics, sources, texts, mutants, _equivalents(options, loss))
+    equivalents = _equivalents(options, loss)
+    if options.operators is None and options.paths is None:
+        known = {m.id for m in every}
+        gone = [e.id for e in equivalents if e.id is not None and e.id not in known]
+        if gone:
+            print(
+                f"note: {len(gone)} equivalent "
+                f"{'entry matches' if len(gone) == 1 else 'entries match'} no mutant of the "
+                f"current code (it changed; remove or re-review): {', '.join(gone)}"
+            )
+    return run_session(options, loss, metrics, sources, texts, mutants, equivalents)
 
 
 def _equivalents(options: argparse.Namespace, loss: str) -> list[Any]:

@@ -310,6 +310,25 @@ def test_equivalent_file_needs_a_reason(tmp_path: Path) -> None:
     assert load_equivalents(path)[0].id == "abc"
 
 
+def test_equivalent_entries_that_match_no_mutant_are_named_before_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import robustness.mutate.session as session
+
+    first = _list(capsys, "--max-mutants", "1")[0]
+    path = tmp_path / "eq.toml"
+    path.write_text(
+        f'[[equivalent]]\nid = "{first}"\nreason = "r"\n\n'
+        '[[equivalent]]\nid = "0000000000"\nreason = "r"\n'
+    )
+    monkeypatch.setattr(session, "run_session", lambda *args: 0)
+    assert run_mutate(["--equivalent", str(path), "--ids", first]) == 0
+    out = capsys.readouterr().out
+    assert "1 equivalent entry matches no mutant" in out
+    assert "0000000000" in out
+    assert first not in out
+
+
 def test_the_command_is_registered() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "robustness", "mutate", "--help"], capture_output=True, text=True
