@@ -30,6 +30,7 @@ from robustness.properties._losses import (
 from robustness.properties._regress import _only_head
 from robustness.references import HUBER_DELTA
 from robustness.strategies import MultiTaskBatch, multitask_batches
+from robustness.tolerances import gradient_tolerance
 from robustness.target import LossTarget, MetricsTarget
 
 # Fills for padded truths: what a data loader leaves in padding (NaN, inf, huge values).
@@ -1275,3 +1276,92 @@ def test_integer_base_targets_of_embeddings_keep_a_float64_loss_exact(
         batch, targets={**batch.targets, "base_target": (_BEYOND_FLOAT32 + steps).to(torch.int64)}
     )
     check_reference_values(loss_target, batch.to(contract_device), term="base_loss")
+
+
+@pytest.mark.rule("C-GRAD-1", term="base_loss")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@given(seed=st.integers(0, 2**16), size=st.integers(3, 6), dim=st.integers(1, 4))
+def test_base_gradient_of_embeddings_beside_a_float64_target_is_the_reference(
+    loss_target, contract_device, dtype, seed, size, dim
+):
+    """Float32 / float16 embeddings with a float64 unifrac target: the term is computed in
+    float64, and the embeddings' gradient (in their own dtype) is the float64 reference's.
+
+    Kills ``upcast-removed`` on the gradient in aam's ``_PairwiseMeanSquare.backward``: the
+    float64 gradient of the distances meets the float32 saved rows (``addmm`` raises).
+    """
+    emb = _separated_embeddings(seed, size, dim, contract_device).to(dtype).requires_grad_()
+    gen = torch.Generator().manual_seed(seed + 1)
+    truth = torch.rand(size, size, generator=gen, dtype=torch.float64).to(contract_device)
+    details: dict[str, object] = {"seed": seed, "embeddings": f"[{size}, {dim}] {dtype}"}
+    try:
+        (grad,) = torch.autograd.grad(_base_from_embeddings(loss_target, emb, truth), emb)
+    except RuntimeError as exc:
+        raise ContractViolation(
+            "C-GRAD-1",
+            "base_loss",
+            "the base gradient of embeddings beside a float64 target raised",
+            details={**details, "exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    ref = emb.detach().double().requires_grad_()
+    (want,) = torch.autograd.grad(_reference_base(ref, truth), ref)
+    tol = gradient_tolerance(dtype, fan_in=size * dim, scale=float(want.abs().amax()))
+    off = float((grad.double() - want).abs().amax())
+    if grad.dtype != dtype or not off <= tol.atol:  # NaN compares False
+        raise ContractViolation(
+            "C-GRAD-1",
+            "base_loss",
+            "the base gradient of embeddings beside a float64 target is not the float64 "
+            "reference's, in the embeddings' dtype",
+            details={
+                **details,
+                "gradient dtype": str(grad.dtype),
+                "largest difference": f"{off:.3g} (allowed {tol.describe()})",
+            },
+        )
+
+
+@pytest.mark.rule("C-REF-1", term="base_loss")
+@pytest.mark.parametrize("encoder_type", ["faith_pd", "unifrac"])
+@given(seed=st.integers(0, 2**16), size=st.integers(1, 5))
+def test_bool_base_targets_are_the_same_as_their_float_zeros_and_ones(
+    loss_target, contract_device, encoder_type, seed, size
+):
+    """A bool base target (a real dtype, which the loss accepts) is its float 0 / 1 target.
+
+    Kills ``upcast-removed`` on the truth in aam's ``_base_loss`` (faith_pd's and unifrac's
+    difference): ``pred - true`` with a bool ``true`` raises in torch.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shape = (size, 1) if encoder_type == "faith_pd" else (size, size)
+    pred = torch.randn(shape, generator=gen).to(contract_device)
+    true = (torch.rand(shape, generator=gen) < 0.5).to(contract_device)
+    loss = loss_target.make()
+
+    def base(target: torch.Tensor) -> torch.Tensor:
+        terms = loss(
+            {"base_prediction": pred},
+            {"base_target": target},
+            is_classifier=False,
+            encoder_type=encoder_type,
+        )
+        value: torch.Tensor = terms["base_loss"]
+        return value
+
+    want = base(true.to(torch.float32))
+    try:
+        got = base(true)
+    except RuntimeError as exc:
+        raise ContractViolation(
+            "C-REF-1",
+            "base_loss",
+            f"a bool {encoder_type} base target raised",
+            details={"seed": seed, "exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    if not torch.equal(got, want):
+        raise ContractViolation(
+            "C-REF-1",
+            "base_loss",
+            f"a bool {encoder_type} base target gave another value than its float 0 / 1",
+            details={"seed": seed, "bool target": got.item(), "float target": want.item()},
+        )
