@@ -30,8 +30,8 @@ from robustness.properties._losses import (
 from robustness.properties._regress import _only_head
 from robustness.references import HUBER_DELTA
 from robustness.strategies import MultiTaskBatch, multitask_batches
-from robustness.tolerances import gradient_tolerance
 from robustness.target import LossTarget, MetricsTarget
+from robustness.tolerances import gradient_tolerance
 
 # Fills for padded truths: what a data loader leaves in padding (NaN, inf, huge values).
 _FLOAT_FILLS = (("NaN", math.nan), ("+inf", math.inf), ("-inf", -math.inf), ("1e30", 1e30))
@@ -1100,7 +1100,7 @@ def test_merge_leaves_the_other_state_unchanged(metrics_target, contract_device)
         )
 
 
-# --------------------------------------------------------------------------- revpair2: base term from embeddings
+# ------------------------------------------------ revpair2: the base term, from embeddings too
 
 
 def _base_from_embeddings(
