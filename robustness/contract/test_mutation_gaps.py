@@ -35,7 +35,7 @@ from robustness.properties._regress import _only_head
 from robustness.references import HUBER_DELTA
 from robustness.strategies import MultiTaskBatch, multitask_batches
 from robustness.target import LossTarget, MetricsTarget
-from robustness.tolerances import tolerance
+from robustness.tolerances import gradient_tolerance, tolerance
 
 # Fills for padded truths: what a data loader leaves in padding (NaN, inf, huge values).
 _FLOAT_FILLS = (("NaN", math.nan), ("+inf", math.inf), ("-inf", -math.inf), ("1e30", 1e30))
@@ -1579,3 +1579,270 @@ def test_pairwise_distances_have_the_reference_second_derivative(
     (in the ratio), either factor of ``ratio * ratio`` and ``ratio`` in the units.
     """
     check_pairwise_second_derivatives(loss_target, case=case, device=contract_device)
+
+
+# ------------------------------------------------ revpair2: the base term, from embeddings too
+
+
+def _base_from_embeddings(
+    loss_target: LossTarget, emb: torch.Tensor, true: torch.Tensor
+) -> torch.Tensor:
+    loss = loss_target.make()
+    terms = loss(
+        {"embeddings": emb}, {"base_target": true}, is_classifier=False, encoder_type="unifrac"
+    )
+    base: torch.Tensor = terms["base_loss"]
+    return base
+
+
+def _diagonal_filled(true: torch.Tensor, fill: float) -> torch.Tensor:
+    eye = torch.eye(true.shape[0], dtype=torch.bool, device=true.device)
+    return torch.where(eye, fill, true)
+
+
+@pytest.mark.rule("C-MASK-1", term="base_loss")
+def test_garbage_in_the_base_target_diagonal_never_changes_an_overflowing_sum(
+    loss_target, contract_device
+):
+    """The unifrac target's diagonal is padding also when the quick sum of squares overflows.
+
+    Embeddings 0, h, -h with ``h**2 = finfo.max / 8``: the mean of the squared distances is
+    representable, their sum is not, so the term is recomputed the pre-scaled way. Kills
+    ``selection-to-multiplication`` / ``guard-removed`` on the diagonal's ``where`` in
+    aam's ``_embeddings_base_loss`` retry (NaN * 0 = NaN; 1e30 at the diagonal counted).
+    """
+    h = math.sqrt(float(torch.finfo(torch.float32).max) / 8)
+    emb = torch.tensor([[0.0], [h], [-h]], device=contract_device)
+    clean = torch.zeros(3, 3, device=contract_device)
+    want = _base_from_embeddings(loss_target, emb, clean)
+    if not torch.isfinite(want):
+        raise ContractViolation(
+            "C-FINITE-1",
+            "base_loss",
+            "embeddings whose mean squared distance is representable gave a non-finite term",
+            details={"base_loss": want.item(), "h": h},
+        )
+    for name, fill in _FLOAT_FILLS:
+        got = _base_from_embeddings(loss_target, emb, _diagonal_filled(clean, fill))
+        if not torch.equal(want, got):
+            raise ContractViolation(
+                "C-MASK-1",
+                "base_loss",
+                f"base_loss of embeddings whose quick sum overflows changed when the "
+                f"target's diagonal held {name}",
+                details={
+                    "clean value": want.item(),
+                    "with garbage": got.item(),
+                    "tolerance": "none: bit-identical (torch.equal) required",
+                },
+            )
+
+
+def _reference_base(emb: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """float64 ``mean((|e_i - e_j| - t_ij)**2)`` off the diagonal, from plain autograd ops."""
+    size = emb.shape[0]
+    off = ~torch.eye(size, dtype=torch.bool, device=emb.device)
+    squared = ((emb[:, None, :] - emb[None, :, :]) ** 2).sum(dim=-1)
+    distances = torch.where(off, squared, 1.0).sqrt()
+    diff = torch.where(off, distances - true, 0.0)
+    return (diff * diff).sum() / (size * (size - 1))
+
+
+def _separated_embeddings(seed: int, size: int, dim: int, device: str) -> torch.Tensor:
+    """``[size, dim]`` float64 rows, all distinct, the last one close to the first (a pair
+    that a Gram form recomputes directly beside pairs it keeps)."""
+    gen = torch.Generator().manual_seed(seed)
+    emb = torch.randn(size, dim, generator=gen, dtype=torch.float64)
+    emb[-1] = emb[0] + 0.05 * torch.randn(dim, generator=gen, dtype=torch.float64)
+    return emb.to(device)
+
+
+@pytest.mark.rule("C-GRAD-1", term="base_loss")
+@given(
+    seed=st.integers(0, 2**16),
+    size=st.integers(3, 6),
+    dim=st.integers(1, 4),
+)
+def test_base_gradient_from_embeddings_with_create_graph_is_differentiable_twice(
+    loss_target, contract_device, seed, size, dim
+):
+    """With ``create_graph=True`` the base term's gradient w.r.t. embeddings is the same
+    gradient, linear in the incoming gradient ``v``, and its own gradient (a Hessian-vector
+    product, as a gradient penalty needs) is the float64 reference's; NaN at the target's
+    diagonal (padding) changes none of them.
+
+    aam's pairwise Functions recompute the gradient from differentiable ops in a separate
+    branch. Kills in ``_pairwise_backward`` a dropped ``unsqueeze`` of the norms, the
+    ``where`` guard removed, ``detach()`` of the incoming gradient or of the recomputed
+    Gram distances; in ``_PairwiseMeanSquare.backward`` the diagonal's ``where`` made a
+    multiplication or removed, and ``detach()`` of the difference or of ``grad_loss``.
+    """
+    emb = _separated_embeddings(seed, size, dim, contract_device).requires_grad_()
+    gen = torch.Generator().manual_seed(seed + 1)
+    truth = torch.rand(size, size, generator=gen, dtype=torch.float64).to(contract_device)
+    clean = _diagonal_filled(truth, 0.0)
+    dirty = _diagonal_filled(truth, math.nan)
+    details: dict[str, object] = {"seed": seed, "embeddings": f"[{size}, {dim}] float64"}
+
+    (plain,) = torch.autograd.grad(_base_from_embeddings(loss_target, emb, dirty), emb)
+    value = _base_from_embeddings(loss_target, emb, dirty)
+    v = torch.ones_like(value, requires_grad=True)
+    direction = torch.linspace(-1.0, 1.0, emb.numel(), dtype=torch.float64)
+    direction = direction.reshape(emb.shape).to(contract_device)
+    try:
+        (graphed,) = torch.autograd.grad(value, emb, grad_outputs=v, create_graph=True)
+        dv, hvp = torch.autograd.grad(
+            (graphed * direction).sum(), (v, emb), allow_unused=True, materialize_grads=True
+        )
+    except RuntimeError as exc:
+        raise ContractViolation(
+            "C-GRAD-1",
+            "base_loss",
+            "the base gradient from embeddings with create_graph=True raised",
+            details={**details, "exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    ref = emb.detach().clone().requires_grad_()
+    (ref_grad,) = torch.autograd.grad(_reference_base(ref, clean), ref, create_graph=True)
+    (ref_hvp,) = torch.autograd.grad((ref_grad * direction).sum(), ref)
+    ref_grad = ref_grad.detach()
+    f64 = {"dtype": torch.float64, "device": contract_device}
+    # d/dv <v grad, w> = <grad, w>: zero where the double-backward graph lost v.
+    want_dv = (ref_grad * direction).sum().reshape(1)
+    dv_scale = float((ref_grad * direction).abs().sum())
+    # Float64 throughout; aam's Gram form was measured within 6e-15 of the reference
+    # (relative to the largest entry), plain differences' rounding: room of 1e4.
+    rel = 1e-10
+    checks = {
+        "plain gradient": (plain, ref_grad, float(ref_grad.abs().amax())),
+        "create_graph gradient": (graphed.detach(), ref_grad, float(ref_grad.abs().amax())),
+        "d/dv <v grad, w>": (dv.reshape(1).to(**f64), want_dv, dv_scale),
+        "Hessian-vector product": (hvp, ref_hvp, float(ref_hvp.abs().amax())),
+    }
+    for what, (got, want, scale) in checks.items():
+        allowed = rel * max(scale, 1.0)
+        off = float((got - want).abs().amax())
+        if not off <= allowed:  # NaN compares False: a NaN gradient fails here
+            raise ContractViolation(
+                "C-GRAD-1",
+                "base_loss",
+                f"the base term of embeddings: the {what} with create_graph=True differs "
+                "from the float64 reference (NaN at the target's diagonal, which is padding)",
+                details={
+                    **details,
+                    "largest difference": f"{off:.3g} (allowed {allowed:.3g})",
+                    "got": got.tolist(),
+                    "expected": want.tolist(),
+                },
+            )
+
+
+@pytest.mark.rule("C-REF-1")
+@given(
+    batch=multitask_batches(
+        terms=("base",), dtype=torch.float64, encoder_type="unifrac", embeddings=True
+    )
+)
+def test_integer_base_targets_of_embeddings_keep_a_float64_loss_exact(
+    loss_target, contract_device, batch
+):
+    """An int64 unifrac target beside float64 embeddings is converted to float64 before the
+    pairwise term uses it (its distances are never converted to the target's dtype).
+
+    Kills ``upcast-removed`` on the truth in aam's ``_embeddings_base_loss``: the fused
+    Function then casts the distances to int64, truncating them.
+    """
+    true = batch.targets["base_target"]
+    steps = torch.arange(true.numel(), device=true.device).reshape(true.shape) % 7
+    batch = dataclasses.replace(
+        batch, targets={**batch.targets, "base_target": (_BEYOND_FLOAT32 + steps).to(torch.int64)}
+    )
+    check_reference_values(loss_target, batch.to(contract_device), term="base_loss")
+
+
+@pytest.mark.rule("C-GRAD-1", term="base_loss")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@given(seed=st.integers(0, 2**16), size=st.integers(3, 6), dim=st.integers(1, 4))
+def test_base_gradient_of_embeddings_beside_a_float64_target_is_the_reference(
+    loss_target, contract_device, dtype, seed, size, dim
+):
+    """Float32 / float16 embeddings with a float64 unifrac target: the term is computed in
+    float64, and the embeddings' gradient (in their own dtype) is the float64 reference's.
+
+    Kills ``upcast-removed`` on the gradient in aam's ``_PairwiseMeanSquare.backward``: the
+    float64 gradient of the distances meets the float32 saved rows (``addmm`` raises).
+    """
+    emb = _separated_embeddings(seed, size, dim, contract_device).to(dtype).requires_grad_()
+    gen = torch.Generator().manual_seed(seed + 1)
+    truth = torch.rand(size, size, generator=gen, dtype=torch.float64).to(contract_device)
+    details: dict[str, object] = {"seed": seed, "embeddings": f"[{size}, {dim}] {dtype}"}
+    try:
+        (grad,) = torch.autograd.grad(_base_from_embeddings(loss_target, emb, truth), emb)
+    except RuntimeError as exc:
+        raise ContractViolation(
+            "C-GRAD-1",
+            "base_loss",
+            "the base gradient of embeddings beside a float64 target raised",
+            details={**details, "exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    ref = emb.detach().double().requires_grad_()
+    (want,) = torch.autograd.grad(_reference_base(ref, truth), ref)
+    tol = gradient_tolerance(dtype, fan_in=size * dim, scale=float(want.abs().amax()))
+    off = float((grad.double() - want).abs().amax())
+    if grad.dtype != dtype or not off <= tol.atol:  # NaN compares False
+        raise ContractViolation(
+            "C-GRAD-1",
+            "base_loss",
+            "the base gradient of embeddings beside a float64 target is not the float64 "
+            "reference's, in the embeddings' dtype",
+            details={
+                **details,
+                "gradient dtype": str(grad.dtype),
+                "largest difference": f"{off:.3g} (allowed {tol.describe()})",
+            },
+        )
+
+
+@pytest.mark.rule("C-REF-1", term="base_loss")
+@pytest.mark.parametrize("encoder_type", ["faith_pd", "unifrac"])
+@given(seed=st.integers(0, 2**16), size=st.integers(1, 5))
+def test_bool_base_targets_are_the_same_as_their_float_zeros_and_ones(
+    loss_target, contract_device, encoder_type, seed, size
+):
+    """A bool base target (a real dtype, which the loss accepts) is its float 0 / 1 target.
+
+    Kills ``upcast-removed`` on the truth in aam's ``_base_loss`` (faith_pd's and unifrac's
+    difference): ``pred - true`` with a bool ``true`` raises in torch.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shape = (size, 1) if encoder_type == "faith_pd" else (size, size)
+    pred = torch.randn(shape, generator=gen).to(contract_device)
+    true = (torch.rand(shape, generator=gen) < 0.5).to(contract_device)
+    loss = loss_target.make()
+
+    def base(target: torch.Tensor) -> torch.Tensor:
+        terms = loss(
+            {"base_prediction": pred},
+            {"base_target": target},
+            is_classifier=False,
+            encoder_type=encoder_type,
+        )
+        value: torch.Tensor = terms["base_loss"]
+        return value
+
+    want = base(true.to(torch.float32))
+    try:
+        got = base(true)
+    except RuntimeError as exc:
+        raise ContractViolation(
+            "C-REF-1",
+            "base_loss",
+            f"a bool {encoder_type} base target raised",
+            details={"seed": seed, "exception": f"{type(exc).__name__}: {exc}"},
+        ) from exc
+    if not torch.equal(got, want):
+        raise ContractViolation(
+            "C-REF-1",
+            "base_loss",
+            f"a bool {encoder_type} base target gave another value than its float 0 / 1",
+            details={"seed": seed, "bool target": got.item(), "float target": want.item()},
+        )
