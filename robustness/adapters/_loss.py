@@ -199,21 +199,30 @@ def nan_diagonal() -> Converter:
     The contract excludes the diagonal of a ``[B, B]`` unifrac target by position; a loss that
     instead ignores the NaN entries of its target gets the target with NaN on the diagonal
     (a copy: the caller's tensor is not modified). An integer or bool target, which the
-    contract allows (it is converted to float64), becomes float64 first, since NaN needs a
-    floating dtype. Other shapes pass through unchanged, so the wrapped loss still sees, and
-    must reject, a mismatched shape.
+    contract allows, becomes floating first (NaN needs a floating dtype): the prediction's
+    dtype, half as float32, which is the dtype the contract computes such a target in. Other
+    shapes pass through unchanged, so the wrapped loss still sees, and must reject, a
+    mismatched shape.
     """
-
-    def to_nan(target: torch.Tensor) -> torch.Tensor:
-        if target.dim() != 2 or target.shape[0] != target.shape[1]:
-            return target
-        if not (target.is_floating_point() or target.is_complex()):
-            target = target.to(torch.float64)
-        eye = torch.eye(target.shape[0], dtype=torch.bool, device=target.device)
-        return torch.where(eye, torch.full_like(target, float("nan")), target)
 
     def converter(method: str, named: dict[str, Any]) -> dict[str, Any]:
         named = dict(named)
+        outputs = named.get("outputs")
+        pred = named.get("base_prediction")
+        if pred is None and isinstance(outputs, Mapping):
+            pred = outputs.get("base_prediction", outputs.get("embeddings"))
+        dtype = pred.dtype if isinstance(pred, torch.Tensor) else torch.get_default_dtype()
+        if not dtype.is_floating_point or dtype.itemsize < 4:
+            dtype = torch.float32
+
+        def to_nan(target: torch.Tensor) -> torch.Tensor:
+            if target.dim() != 2 or target.shape[0] != target.shape[1]:
+                return target
+            if not (target.is_floating_point() or target.is_complex()):
+                target = target.to(dtype)
+            eye = torch.eye(target.shape[0], dtype=torch.bool, device=target.device)
+            return torch.where(eye, torch.full_like(target, float("nan")), target)
+
         _base_targets(named, to_nan)
         return named
 

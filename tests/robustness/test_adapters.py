@@ -171,15 +171,32 @@ def test_nan_diagonal_marks_a_copy():
     assert torch.equal(true, before)
 
 
-def test_nan_diagonal_turns_an_integer_target_into_an_exact_float64_copy():
-    # Integer unifrac targets are valid input (converted to float64); NaN needs a float.
-    true = torch.tensor([[0, 2**40 + 1], [2**40 + 1, 0]])
-    named = nan_diagonal()("compute_base_loss", {"base_target": true, "encoder_type": "unifrac"})
-    marked = named["base_target"]
-    assert marked.dtype == torch.float64
-    assert torch.isnan(marked.diagonal()).all()
-    assert marked[0, 1].item() == 2**40 + 1
-    assert true.dtype == torch.int64
+@pytest.mark.parametrize(
+    ("pred_dtype", "marked_dtype"),
+    [
+        (torch.float64, torch.float64),
+        (torch.float32, torch.float32),
+        (torch.float16, torch.float32),
+    ],
+)
+@pytest.mark.parametrize("true_dtype", [torch.int64, torch.bool])
+def test_nan_diagonal_makes_an_integer_target_floating_in_the_prediction_s_dtype(
+    pred_dtype, marked_dtype, true_dtype
+):
+    # Integer and bool unifrac targets are valid input, computed in the prediction's dtype
+    # (half as float32); NaN needs a floating dtype, and only that one keeps the value.
+    true = torch.tensor([[0, 1], [1, 0]]).to(true_dtype)
+    pred = torch.zeros(2, 2, dtype=pred_dtype)
+    for method, named in (
+        ("compute_base_loss", {"base_prediction": pred, "base_target": true}),
+        ("forward", {"outputs": {"base_prediction": pred}, "targets": {"base_target": true}}),
+    ):
+        named = nan_diagonal()(method, {**named, "encoder_type": "unifrac"})
+        marked = named["base_target"] if "base_target" in named else named["targets"]["base_target"]
+        assert marked.dtype == marked_dtype
+        assert torch.isnan(marked.diagonal()).all()
+        assert marked[0, 1].item() == 1
+    assert true.dtype == true_dtype
 
 
 def test_pad_ids_keeps_the_cross_entropy_and_refuses_what_it_cannot_represent():
