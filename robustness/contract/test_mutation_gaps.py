@@ -850,18 +850,22 @@ def test_nuc_gradient_with_create_graph_is_the_same_and_differentiable(
 _BEYOND_FLOAT32 = 2**24 + 1
 
 
-def _large_integer_counts(batch: MultiTaskBatch) -> MultiTaskBatch:
-    """``batch`` with int64 counts ``2**24 + 1 + i`` (float32 would round them) and
-    predictions near them, so the squared errors are small against the counts."""
-    counts = batch.targets["counts"]
-    steps = torch.arange(counts.numel(), device=counts.device).reshape(counts.shape) % 7
+def _large_integers(
+    batch: MultiTaskBatch, pred_key: str, true_key: str, **loss_kwargs: object
+) -> MultiTaskBatch:
+    """``batch`` with the int64 truth ``true_key`` set to ``2**24 + 1 + i`` (float32 would
+    round them) and the prediction ``pred_key`` near it, so the errors are small against the
+    values; ``loss_kwargs`` are merged into the batch's."""
+    true = batch.targets[true_key]
+    steps = torch.arange(true.numel(), device=true.device).reshape(true.shape) % 7
     ids = (_BEYOND_FLOAT32 + steps).to(torch.int64)
-    pred = batch.outputs["count_prediction"]
+    pred = batch.outputs[pred_key]
     near = (ids.double() + 0.25 * steps.double()).to(pred.dtype)
     return dataclasses.replace(
         batch,
-        outputs={**batch.outputs, "count_prediction": near},
-        targets={**batch.targets, "counts": ids},
+        outputs={**batch.outputs, pred_key: near},
+        targets={**batch.targets, true_key: ids},
+        loss_kwargs={**batch.loss_kwargs, **loss_kwargs},
     )
 
 
@@ -876,22 +880,8 @@ def test_integer_counts_beyond_float32_keep_a_float64_loss_exact(
     rounds ``2**24 + 1``. Kills ``upcast-removed`` on the truth in aam's
     ``compute_count_loss``.
     """
-    batch = _large_integer_counts(batch).to(contract_device)
+    batch = _large_integers(batch, "count_prediction", "counts").to(contract_device)
     check_reference_values(loss_target, batch, term="count_loss")
-
-
-def _large_integer_base_targets(batch: MultiTaskBatch) -> MultiTaskBatch:
-    """``batch`` with an int64 unifrac target ``2**24 + 1 + i`` and predictions near it."""
-    true = batch.targets["base_target"]
-    steps = torch.arange(true.numel(), device=true.device).reshape(true.shape) % 7
-    ids = (_BEYOND_FLOAT32 + steps).to(torch.int64)
-    pred = batch.outputs["base_prediction"]
-    near = (ids.double() + 0.25 * steps.double()).to(pred.dtype)
-    return dataclasses.replace(
-        batch,
-        outputs={**batch.outputs, "base_prediction": near},
-        targets={**batch.targets, "base_target": ids},
-    )
 
 
 @pytest.mark.rule("C-REF-1")
@@ -907,7 +897,7 @@ def test_integer_base_targets_beyond_float32_keep_a_float64_loss_exact(
 
     Kills ``upcast-removed`` on the truth in aam's ``_base_loss``.
     """
-    batch = _large_integer_base_targets(batch).to(contract_device)
+    batch = _large_integers(batch, "base_prediction", "base_target").to(contract_device)
     check_reference_values(loss_target, batch, term="base_loss")
 
 
@@ -995,22 +985,6 @@ def test_embeddings_that_are_not_b_by_d_raise_naming_them(loss_target, contract_
     check_bad_embeddings(loss_target, case=case, device=contract_device)
 
 
-def _large_integer_regression_targets(batch: MultiTaskBatch) -> MultiTaskBatch:
-    """``batch`` with int64 regression targets ``2**24 + 1 + i``, predictions near them, and
-    the MAE loss (whose halving ``true * 0.5`` would run in float32 on ints)."""
-    true = batch.targets["target"]
-    steps = torch.arange(true.numel(), device=true.device).reshape(true.shape) % 7
-    ids = (_BEYOND_FLOAT32 + steps).to(torch.int64)
-    pred = batch.outputs["target_prediction"]
-    near = (ids.double() + 0.25 * steps.double()).to(pred.dtype)
-    return dataclasses.replace(
-        batch,
-        outputs={**batch.outputs, "target_prediction": near},
-        targets={**batch.targets, "target": ids},
-        loss_kwargs={**batch.loss_kwargs, "target_loss_type": "mae"},
-    )
-
-
 @pytest.mark.rule("C-REF-1")
 @given(batch=multitask_batches(terms=("target",), classifier=False, dtype=torch.float64))
 def test_integer_regression_targets_beyond_float32_keep_a_float64_loss_exact(
@@ -1020,7 +994,9 @@ def test_integer_regression_targets_beyond_float32_keep_a_float64_loss_exact(
 
     Kills ``upcast-removed`` on the truth in aam's ``compute_target_loss``.
     """
-    batch = _large_integer_regression_targets(batch).to(contract_device)
+    # The MAE's halving ``true * 0.5`` would run in float32 on ints.
+    batch = _large_integers(batch, "target_prediction", "target", target_loss_type="mae")
+    batch = batch.to(contract_device)
     check_reference_values(loss_target, batch, term="target_loss")
 
 
@@ -1524,11 +1500,11 @@ def check_pairwise_second_derivatives(loss: LossTarget, *, case: str, device: st
             f"case must be one of {', '.join(_SECOND_ORDER_ROWS)}, got case={case!r}"
         )
     replay = ReplaySpec.of(check_pairwise_second_derivatives, "loss", case=case, device=device)
-    f64 = {"dtype": torch.float64, "device": device}
-    rows = torch.tensor(_SECOND_ORDER_ROWS[case], **f64)
+    f64 = torch.float64
+    rows = torch.tensor(_SECOND_ORDER_ROWS[case], dtype=f64, device=device)
     size, dim = rows.shape
-    weights = torch.arange(1.0, size * size + 1.0, **f64).reshape(size, size)
-    v = torch.linspace(-1.0, 1.0, size * dim, **f64).reshape(size, dim)
+    weights = torch.arange(1.0, size * size + 1.0, dtype=f64, device=device).reshape(size, size)
+    v = torch.linspace(-1.0, 1.0, size * dim, dtype=f64, device=device).reshape(size, dim)
     off = ~torch.eye(size, dtype=torch.bool, device=device)
 
     def reference(emb: torch.Tensor) -> torch.Tensor:
