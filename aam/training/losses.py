@@ -55,6 +55,24 @@ HUBER_DELTA = 1.0
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
+# The kernel F.mse_loss ends in, and the reduction code it passes for "mean". Callers check
+# the shapes equal first, so the wrapper's broadcast and size warning add nothing but their
+# cost: about 8 us a call, a third of the regression term's forward at B = 16. The public
+# function should a torch release move either.
+_MSE_KERNEL: Callable[[Tensor, Tensor, int], Tensor] | None
+_MSE_KERNEL = getattr(torch._C._nn, "mse_loss", None)
+try:
+    _MEAN_REDUCTION: int = torch.nn._reduction.get_enum("mean")
+except (AttributeError, ValueError):  # pragma: no cover - a torch without the private helper
+    _MSE_KERNEL = None
+
+
+def _mse_loss(pred: Tensor, true: Tensor) -> Tensor:
+    """``F.mse_loss(pred, true)`` for tensors of the same shape."""
+    if _MSE_KERNEL is None:  # pragma: no cover
+        return F.mse_loss(pred, true)
+    return _MSE_KERNEL(pred, true, _MEAN_REDUCTION)
+
 
 class NonFiniteOutputError(ValueError):
     """A prediction or truth holds NaN/±inf at a valid (non-padded) position.
@@ -157,11 +175,16 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     """The dtype a term is computed and returned in: the floating promotion, halves -> float32."""
     dtype: torch.dtype | None = None
     for t in tensors:
-        if t.is_floating_point():
+        if t.is_floating_point() and t.dtype is not dtype:
             dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
     if dtype is None or dtype in _HALF_DTYPES:
         return torch.float32
     return dtype
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without the call (about an op's dispatch) when ``t`` already has it."""
+    return t if t.dtype is dtype else t.to(dtype)
 
 
 def _validate_penalty(name: str, value: object) -> float:
@@ -569,14 +592,17 @@ class _MaskedCrossEntropy(torch.autograd.Function):
         # within a factor 2V of finfo.max (a flag the caller then confirms on the logits).
         screen = torch.dot(row_sums, weight)
         ctx.mark_non_differentiable(screen)
+        ctx.set_materialize_grads(False)  # the screen's gradient is never needed, not even as 0
         ctx.save_for_backward(logits, ids, valid, weight, total, post)
         ctx.exp = exp
         return loss, screen
 
     @staticmethod
     def backward(
-        ctx: Any, grad_loss: Tensor, grad_screen: Tensor | None
+        ctx: Any, grad_loss: Tensor | None, grad_screen: Tensor | None
     ) -> tuple[Tensor | None, None, None, None, None]:
+        if grad_loss is None:
+            return None, None, None, None, None
         logits, ids, valid, weight, total, post = ctx.saved_tensors
         vocab = logits.shape[-1]
         coef = weight * (grad_loss * (0.5 * post)).to(weight.dtype)  # pre * post * valid * g
@@ -705,8 +731,9 @@ class _PairwiseDistances(torch.autograd.Function):
 
     Forward, without a graph: rows are centred on the batch mean and scaled by the largest
     centred component, both on halves (``x/2 - m/2`` cannot overflow), so the squares stay
-    finite and normal; the mean is pre-scaled (``sum(x / 2B)``), since summing rows near
-    ``finfo.max`` first would overflow. A pair is flagged where
+    finite and normal; the half mean is one product with a row of ``-1/2B`` (each partial
+    sum at most ``finfo.max / 2``), since summing rows near ``finfo.max`` first would
+    overflow. A pair is flagged where
     ``d² <= (|u_i|² + |u_j|²) / 2``; elsewhere the rounding of the three terms (each about
     ``eps·sqrt(D)·|u|²``) is amplified at most twofold in ``d²``. Flagged pairs (every pair
     off the cpu) are recomputed from direct differences (:func:`_direct_distances`).
@@ -723,19 +750,28 @@ class _PairwiseDistances(torch.autograd.Function):
         distances, scale, saved = _pairwise_forward(emb)
         ctx.save_for_backward(*saved)
         ctx.mark_non_differentiable(scale)
+        ctx.set_materialize_grads(False)  # the screen's gradient is never needed, not even as 0
         return distances, scale
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, grad_screen: Tensor | None) -> Tensor:
-        return _pairwise_backward(ctx.saved_tensors, grad)
+    def backward(ctx: Any, grad: Tensor | None, grad_screen: Tensor | None) -> Tensor | None:
+        return None if grad is None else _pairwise_backward(ctx.saved_tensors, grad)
 
 
-def _pairwise_forward(emb: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...]]:
-    """:class:`_PairwiseDistances`' forward: ``(distances, screen, saved for backward)``."""
+def _pairwise_forward(
+    emb: Tensor, *, zero_diagonal: bool = True
+) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...]]:
+    """:class:`_PairwiseDistances`' forward: ``(distances, screen, saved for backward)``.
+
+    ``zero_diagonal=False`` leaves the diagonal as the Gram form gives it (about 0) for a
+    caller that never reads it.
+    """
     size = emb.shape[0]
-    centre = (emb * (0.5 / size)).sum(dim=0, keepdim=True)
-    half = emb * 0.5 - centre
-    scale = half.abs().amax()
+    # x/2 - m/2 as one product and one add: m/2 = (-1/2B, ...) @ x, each partial sum at most
+    # finfo.max/2, and halving is exact, so neither side can overflow.
+    neg_centre = _centring_row(size, emb.dtype, emb.device) @ emb  # [1, D]
+    half = torch.add(neg_centre, emb, alpha=0.5)
+    scale = torch.linalg.vector_norm(half, ord=math.inf)  # NaN/inf rows reach it
     # Identical rows (scale 0) give u = 0; a NaN scale (a NaN/inf row) keeps NaN in every u,
     # never a silent 0. Dividing by the power of two ``tiny`` is exact.
     safe_scale = scale.clamp(min=torch.finfo(emb.dtype).tiny)
@@ -744,7 +780,7 @@ def _pairwise_forward(emb: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor | None,
     # The norms are the product's diagonal: each squared distance of a row to itself is
     # then exactly 0, and no separate pass over the rows is needed.
     norms = gram.diagonal()
-    pair_norms = norms.unsqueeze(1) + norms.unsqueeze(0)
+    pair_norms = torch.add(norms.unsqueeze(1), norms)
     squared = torch.sub(pair_norms, gram, alpha=2.0)
     # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
     flagged = squared <= pair_norms.mul_(0.5)
@@ -760,8 +796,10 @@ def _pairwise_forward(emb: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor | None,
     if rows.numel():  # a host-side size on the cpu: no sync
         direct, units = _direct_distances(emb[rows], emb[cols])
         distances.index_put_((rows, cols), direct).index_put_((cols, rows), direct)
-    distances.diagonal().zero_()
-    return distances, scale, (emb, u, gram_units, flagged, rows, cols, units, centre, safe_scale)
+    if zero_diagonal:
+        distances.diagonal().zero_()
+    saved = (emb, u, gram_units, flagged, rows, cols, units, neg_centre, safe_scale)
+    return distances, scale, saved
 
 
 def _pairwise_backward(saved: Sequence[Any], grad: Tensor) -> Tensor:
@@ -770,21 +808,28 @@ def _pairwise_backward(saved: Sequence[Any], grad: Tensor) -> Tensor:
     ``saved`` is :func:`_pairwise_forward`'s third result (``units`` is ``None`` when no
     pair was recomputed).
     """
-    emb, u, gram_units, flagged, rows, cols, units, centre, scale = saved
+    emb, u, gram_units, flagged, rows, cols, units, neg_centre, scale = saved
     both = grad + grad.T
+    along = None
     if torch.is_grad_enabled():
         # create_graph=True: the same gradient from differentiable ops (double backward).
-        u = (emb * 0.5 - centre) / scale
+        u = torch.add(neg_centre, emb, alpha=0.5) / scale
         gram = u @ u.T
         norms = gram.diagonal()
         squared = norms.unsqueeze(1) + norms.unsqueeze(0) - 2.0 * gram
         gram_units = torch.where(flagged, 1.0, squared).sqrt()
         if rows.numel():
             units = _direct_distances(emb[rows], emb[cols])[1]
-    weights = torch.where(flagged, 0.0, both / gram_units)
-    out = torch.addmm(u * weights.sum(dim=1, keepdim=True), weights, u, alpha=-1.0)
-    if units is not None:
+    if units is not None:  # the recomputed pairs, along their exact unit directions
         along = both[rows, cols].unsqueeze(1) * units
+    if torch.is_grad_enabled():
+        weights = torch.where(flagged, 0.0, both / gram_units)
+    else:
+        # ``both`` is this backward's own (and read above): divided and masked in place (at
+        # a flagged pair ``gram_units`` may be 0; the quotient there is overwritten).
+        weights = both.div_(gram_units).masked_fill_(flagged, 0.0)
+    out = torch.addmm(u * weights.sum(dim=1, keepdim=True), weights, u, alpha=-1.0)
+    if along is not None:
         out = out.index_add(0, rows, along).index_add(0, cols, along, alpha=-1.0)
     return out
 
@@ -803,30 +848,49 @@ class _PairwiseMeanSquare(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, emb: Tensor, true: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        distances, scale, saved = _pairwise_forward(emb)
-        diff = torch.where(valid, distances.to(true.dtype) - true, 0.0)
+        distances, scale, saved = _pairwise_forward(emb, zero_diagonal=False)
+        diff = _as(distances, true.dtype) - true
+        diff.diagonal().zero_()  # the diagonal is padding, whatever either side holds there
         pairs = max(valid.shape[0] * (valid.shape[0] - 1), 1)
         loss = (diff * diff).sum() / pairs
         ctx.pairs = pairs
         ctx.save_for_backward(diff, true, valid, *saved)
         ctx.mark_non_differentiable(scale)
+        ctx.set_materialize_grads(False)  # the screen's gradient is never needed, not even as 0
         return loss, scale
 
     @staticmethod
     def backward(
-        ctx: Any, grad_loss: Tensor, grad_screen: Tensor | None
+        ctx: Any, grad_loss: Tensor | None, grad_screen: Tensor | None
     ) -> tuple[Tensor | None, Tensor | None, None]:
+        if grad_loss is None:
+            return None, None, None
         diff, true, valid, *saved = ctx.saved_tensors
         emb = saved[0]
         if torch.is_grad_enabled():
             distances = _PairwiseDistances.apply(emb)[0]  # type: ignore[no-untyped-call]
-            diff = torch.where(valid, distances.to(true.dtype) - true, 0.0)
+            diff = torch.where(valid, _as(distances, true.dtype) - true, 0.0)
         grad = diff * (grad_loss * (2.0 / ctx.pairs))
         grad_emb = None
         if ctx.needs_input_grad[0]:
-            grad_emb = _pairwise_backward(saved, grad.to(emb.dtype))
+            grad_emb = _pairwise_backward(saved, _as(grad, emb.dtype))
         grad_true = -grad if ctx.needs_input_grad[1] else None
         return grad_emb, grad_true, None
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_centring_row(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.full((1, size), -0.5 / size, dtype=dtype, device=device)
+
+
+def _centring_row(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[1, B]`` of ``-1 / 2B``: its product with ``[B, D]`` rows is minus half their mean.
+
+    Cached like :func:`_off_diagonal` (only read, never leaves this module).
+    """
+    if torch.is_inference_mode_enabled():
+        return _cached_centring_row.__wrapped__(size, dtype, device)
+    return _cached_centring_row(size, dtype, device)
 
 
 @functools.lru_cache(maxsize=32)
@@ -963,12 +1027,12 @@ class MultiTaskLoss(nn.Module):
         _require_real(term, "target", true)
         _require_same_shape(term, "target_prediction", pred, "target", true)
         dtype = _compute_dtype(pred, true)
-        p, t = pred.to(dtype), true.to(dtype)
+        p, t = _as(pred, dtype), _as(true, dtype)
         retry: Callable[[], Tensor] | None = None
         if self.target_loss_type == "mse":
             # One fused op and one backward node; should its sum overflow, the check swaps in
             # the pre-scaled mean.
-            loss = F.mse_loss(p, t)
+            loss = _mse_loss(p, t)
             retry = lambda: _mse(p, t, *_pow2_scales(pred.numel(), squared=True))  # noqa: E731
         else:
             reduce = _mae if self.target_loss_type == "mae" else _huber
