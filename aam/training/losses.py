@@ -758,34 +758,81 @@ class _PairwiseDistances(torch.autograd.Function):
         return None if grad is None else _pairwise_backward(ctx.saved_tensors, grad)
 
 
+# Up to this many B²·D, the cpu takes every pair from direct differences (torch.cdist with
+# its Gram mode off, and cdist's own backward kernel): then one B²·D pass costs less than the
+# Gram form's dozen extra ops (crossover measured near B = 48 at D = 128, one thread).
+_DIRECT_LIMIT = 2**18
+# Direct pairs closer than this (in units of the scale) are recomputed with their own scale
+# (:func:`_direct_distances`): their squared components may be subnormal.
+_DIRECT_FLOOR = 2.0**-40
+_CDIST_BACKWARD: Callable[..., Tensor] | None = getattr(torch.ops.aten, "_cdist_backward", None)
+
+
+# dtype -> (integer view, mask of the exponent bits): ``x & mask`` is the power of two at or
+# below |x| (0 for subnormals, inf for inf and NaN).
+_EXPONENT_BITS: dict[torch.dtype, tuple[torch.dtype, int]] = {
+    torch.float32: (torch.int32, 0x7F800000),
+    torch.float64: (torch.int64, 0x7FF0000000000000),
+}
+
+
+def _tiny(t: Tensor) -> float:
+    return torch.finfo(t.dtype).tiny
+
+
+def _direct_mode(emb: Tensor) -> bool:
+    """Whether the pairs of ``emb`` come from direct differences (else the Gram form)."""
+    size, dim = emb.shape
+    return (
+        emb.device.type == "cpu"
+        and size * size * dim <= _DIRECT_LIMIT
+        and emb.dtype in _EXPONENT_BITS
+        and _CDIST_BACKWARD is not None
+    )
+
+
 def _pairwise_forward(
     emb: Tensor, *, zero_diagonal: bool = True
 ) -> tuple[Tensor, Tensor, tuple[Tensor | None, ...]]:
     """:class:`_PairwiseDistances`' forward: ``(distances, screen, saved for backward)``.
 
-    ``zero_diagonal=False`` leaves the diagonal as the Gram form gives it (about 0) for a
+    ``zero_diagonal=False`` leaves the diagonal as the pairs' form gives it (about 0) for a
     caller that never reads it.
     """
     size = emb.shape[0]
-    # x/2 - m/2 as one product and one add: m/2 = (-1/2B, ...) @ x, each partial sum at most
-    # finfo.max/2, and halving is exact, so neither side can overflow.
-    neg_centre = _centring_row(size, emb.dtype, emb.device) @ emb  # [1, D]
-    half = torch.add(neg_centre, emb, alpha=0.5)
-    scale = torch.linalg.vector_norm(half, ord=math.inf)  # NaN/inf rows reach it
-    # Identical rows (scale 0) give u = 0; a NaN scale (a NaN/inf row) keeps NaN in every u,
-    # never a silent 0. Dividing by the power of two ``tiny`` is exact.
-    safe_scale = scale.clamp(min=torch.finfo(emb.dtype).tiny)
-    u = half.div_(safe_scale)
-    gram = u @ u.T
-    # The norms are the product's diagonal: each squared distance of a row to itself is
-    # then exactly 0, and no separate pass over the rows is needed.
-    norms = gram.diagonal()
-    pair_norms = torch.add(norms.unsqueeze(1), norms)
-    squared = torch.sub(pair_norms, gram, alpha=2.0)
-    # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
-    flagged = squared <= pair_norms.mul_(0.5)
-    gram_units = squared.clamp_(min=0.0).sqrt_()  # |u_i - u_j| of the Gram pairs
-    distances = gram_units * (2.0 * safe_scale)
+    neg_centre: Tensor | None = None
+    if _direct_mode(emb):
+        # No centring: a direct difference does not cancel. The rows are scaled by the power
+        # of two at or below their largest magnitude (its exponent bits), so every scaled
+        # value and difference is exact and |u| < 2: no square overflows.
+        scale = emb.abs().amax()  # NaN/inf rows reach it
+        bits, exponent = _EXPONENT_BITS[emb.dtype]
+        safe_scale = (scale.view(bits) & exponent).view(emb.dtype).clamp_(min=_tiny(emb))
+        u = emb / safe_scale
+        pair_units = torch.cdist(u, u, compute_mode="donot_use_mm_for_euclid_dist")
+        # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
+        flagged = pair_units < _DIRECT_FLOOR
+        distances = pair_units * safe_scale
+    else:
+        # x/2 - m/2 as one product and one add: m/2 = (-1/2B, ...) @ x, each partial sum at
+        # most finfo.max/2, and halving is exact, so neither side can overflow.
+        neg_centre = _centring_row(size, emb.dtype, emb.device) @ emb  # [1, D]
+        half = torch.add(neg_centre, emb, alpha=0.5)
+        scale = half.abs().amax()  # NaN/inf rows reach it
+        # Identical rows (scale 0) give u = 0; a NaN scale (a NaN/inf row) keeps NaN in every
+        # u, never a silent 0. Dividing by the power of two ``tiny`` is exact.
+        safe_scale = scale.clamp(min=_tiny(emb))
+        u = half.div_(safe_scale)
+        gram = u @ u.T
+        # The norms are the product's diagonal: each squared distance of a row to itself is
+        # then exactly 0, and no separate pass over the rows is needed.
+        norms = gram.diagonal()
+        pair_norms = torch.add(norms.unsqueeze(1), norms)
+        squared = torch.sub(pair_norms, gram, alpha=2.0)
+        # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
+        flagged = squared <= pair_norms.mul_(0.5)
+        pair_units = squared.clamp_(min=0.0).sqrt_()  # |u_i - u_j| of the Gram pairs
+        distances = pair_units * (2.0 * safe_scale)
     if emb.device.type == "cpu":
         rows, cols = torch.triu(flagged, diagonal=1).nonzero(as_tuple=True)
     else:
@@ -798,7 +845,7 @@ def _pairwise_forward(
         distances.index_put_((rows, cols), direct).index_put_((cols, rows), direct)
     if zero_diagonal:
         distances.diagonal().zero_()
-    saved = (emb, u, gram_units, flagged, rows, cols, units, neg_centre, safe_scale)
+    saved = (emb, u, pair_units, flagged, rows, cols, units, neg_centre, safe_scale)
     return distances, scale, saved
 
 
@@ -808,27 +855,43 @@ def _pairwise_backward(saved: Sequence[Any], grad: Tensor) -> Tensor:
     ``saved`` is :func:`_pairwise_forward`'s third result (``units`` is ``None`` when no
     pair was recomputed).
     """
-    emb, u, gram_units, flagged, rows, cols, units, neg_centre, scale = saved
+    emb, u, pair_units, flagged, rows, cols, units, neg_centre, scale = saved
+    direct = _direct_mode(emb)
     both = grad + grad.T
     along = None
-    if torch.is_grad_enabled():
+    diffs: Tensor | None = None
+    differentiable = torch.is_grad_enabled()
+    if differentiable:
         # create_graph=True: the same gradient from differentiable ops (double backward).
-        u = torch.add(neg_centre, emb, alpha=0.5) / scale
-        gram = u @ u.T
-        norms = gram.diagonal()
-        squared = norms.unsqueeze(1) + norms.unsqueeze(0) - 2.0 * gram
-        gram_units = torch.where(flagged, 1.0, squared).sqrt()
+        u = emb / scale if neg_centre is None else torch.add(neg_centre, emb, alpha=0.5) / scale
+        if direct:
+            diffs = u.unsqueeze(1) - u.unsqueeze(0)  # [B, B, D]
+            squared = (diffs * diffs).sum(dim=-1)
+        else:
+            gram = u @ u.T
+            norms = gram.diagonal()
+            squared = norms.unsqueeze(1) + norms.unsqueeze(0) - 2.0 * gram
+        pair_units = torch.where(flagged, 1.0, squared).sqrt()
         if rows.numel():
             units = _direct_distances(emb[rows], emb[cols])[1]
     if units is not None:  # the recomputed pairs, along their exact unit directions
         along = both[rows, cols].unsqueeze(1) * units
-    if torch.is_grad_enabled():
-        weights = torch.where(flagged, 0.0, both / gram_units)
+    if differentiable:
+        weights = torch.where(flagged, 0.0, both / pair_units)
+        if diffs is not None:
+            out = (weights.unsqueeze(-1) * diffs).sum(dim=1)
+        else:
+            out = torch.addmm(u * weights.sum(dim=1, keepdim=True), weights, u, alpha=-1.0)
+    elif direct and _CDIST_BACKWARD is not None:
+        # sum_j W_ij (u_i - u_j) / |u_i - u_j| from each pair's own difference: exact for
+        # close pairs, where the product form's two large terms would cancel. ``both`` is
+        # this backward's own (and read above); flagged pairs are left to ``along``.
+        out = _CDIST_BACKWARD(both.masked_fill_(flagged, 0.0), u, u, 2.0, pair_units)
     else:
         # ``both`` is this backward's own (and read above): divided and masked in place (at
-        # a flagged pair ``gram_units`` may be 0; the quotient there is overwritten).
-        weights = both.div_(gram_units).masked_fill_(flagged, 0.0)
-    out = torch.addmm(u * weights.sum(dim=1, keepdim=True), weights, u, alpha=-1.0)
+        # a flagged pair ``pair_units`` may be 0; the quotient there is overwritten).
+        weights = both.div_(pair_units).masked_fill_(flagged, 0.0)
+        out = torch.addmm(u * weights.sum(dim=1, keepdim=True), weights, u, alpha=-1.0)
     if along is not None:
         out = out.index_add(0, rows, along).index_add(0, cols, along, alpha=-1.0)
     return out
