@@ -25,6 +25,7 @@ from robustness.contract.test_loss_rules import (
     NAN_PADDING,
     REMAINDER,
     SINGLE,
+    WIDE_DUPLICATES,
 )
 from robustness.properties._gradients import check_reference_gradients
 from robustness.strategies import MultiTaskBatch, multitask_batches
@@ -57,6 +58,8 @@ def _batches(term: str) -> st.SearchStrategy[MultiTaskBatch]:
 
 def _examples(term: str) -> list[MultiTaskBatch]:
     batches = [REMAINDER, SINGLE, DUPLICATES, NAN_PADDING, EQUAL_HUGE_LOGITS, EQUAL_MAX_LOGITS]
+    if term == "base_loss":
+        batches.append(WIDE_DUPLICATES)  # the pairwise term at a size past cdist's switch
     if term in _HEADS:
         return [only(b, _HEADS[term]) for b in batches]
     return batches

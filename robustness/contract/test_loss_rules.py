@@ -138,6 +138,26 @@ ALL_PADDING = _full_batch(3, empty=True, seed=2)
 # Rows 0 and 2 identical, row 1 a 1e-6 near-duplicate of row 0.
 _EMB = torch.tensor([[0.5, -1.0, 2.0], [0.5 + 1e-6, -1.0, 2.0], [0.5, -1.0, 2.0], [3.0, 0.0, 1.0]])
 DUPLICATES = _full_batch(4, embeddings=_EMB, classifier=True, seed=3)
+
+
+def _wide_embeddings() -> torch.Tensor:
+    """26 rows of 400 features off the origin, with an exact and a 1e-6 near-duplicate.
+
+    Wider than the generated batches on purpose: torch.cdist switches to its matrix-product
+    form above 25 rows (which cancels for near-duplicates), and an implementation may switch
+    algorithms with the batch's size as aam does (direct differences up to B²·D = 2^18, the
+    Gram form beyond): each form must meet the rule.
+    """
+    gen = torch.Generator().manual_seed(26)
+    rows = torch.randn(26, 400, generator=gen) + 3.0
+    rows[1] = rows[0]
+    rows[1, 7] += 1e-6 * 4  # float32 spacing at 3.0 is 2.4e-7: a representable nudge
+    rows[2] = rows[0]
+    return rows
+
+
+# Rows 0 and 2 identical, row 1 about 1e-6 from both, at a batch size past cdist's switch.
+WIDE_DUPLICATES = _full_batch(26, embeddings=_wide_embeddings(), classifier=True, seed=26)
 # NaN where the model's outputs are padding.
 NAN_PADDING = _full_batch(4, garbage=math.nan, seed=4)
 
@@ -446,6 +466,7 @@ SUBNORMAL_EMBEDDINGS = dataclasses.replace(
     | multitask_batches(terms=("base",), encoder_type="unifrac", embeddings=True, kind="extreme")
 )
 @example(batch=DUPLICATES)
+@example(batch=WIDE_DUPLICATES)
 @example(batch=HUGE_EMBEDDINGS)
 @example(batch=SUBNORMAL_EMBEDDINGS)
 def test_pairwise_distances_match_the_float64_reference(loss_target, contract_device, batch):

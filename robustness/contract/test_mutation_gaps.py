@@ -1486,6 +1486,19 @@ _SECOND_ORDER_ROWS = {
 }
 
 
+def _wide_second_order_rows() -> list[list[float]]:
+    """26 rows of 400 features with a 1e-6 near-duplicate pair: a size past torch.cdist's
+    switch to its matrix-product form, where aam takes the Gram form (direct differences
+    below B²·D = 2^18)."""
+    rows = torch.randn(26, 400, generator=torch.Generator().manual_seed(27), dtype=torch.float64)
+    rows[1] = rows[0]
+    rows[1, 3] += 1e-6
+    return rows.tolist()
+
+
+_SECOND_ORDER_ROWS["wide"] = _wide_second_order_rows()
+
+
 def check_pairwise_second_derivatives(loss: LossTarget, *, case: str, device: str) -> None:
     """C-GRAD-1: the Hessian-vector product of ``sum_ij w_ij d_ij`` with respect to the
     embeddings (double backward through ``create_graph=True``) matches the float64 reference
@@ -1517,7 +1530,8 @@ def check_pairwise_second_derivatives(loss: LossTarget, *, case: str, device: st
         (second,) = torch.autograd.grad((grad * v).sum(), emb)
         return second
 
-    details = {"embeddings": f"{case}: {rows.tolist()}, float64, on {device}"}
+    shown = rows.tolist() if rows.numel() <= 16 else f"{size} x {dim} rows (seeded)"
+    details = {"embeddings": f"{case}: {shown}, float64, on {device}"}
     try:
         got = hvp(loss.pairwise_distances)
     except RuntimeError as exc:

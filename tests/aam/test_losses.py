@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+import aam.training.losses as losses_module
 from aam.training.losses import (
     MultiTaskLoss,
     NonFiniteOutputError,
@@ -769,11 +770,22 @@ def test_forward_syncs_once_and_backward_never_on_cuda(device):
 # ------------------------------------------------------------------------------ distances
 
 
+@pytest.fixture(params=["direct", "gram"])
+def pairwise_form(request, monkeypatch):
+    """Both forms of aam's pairwise distances, whatever the batch's size: direct differences
+    (cdist) or the Gram form with recomputed close pairs. aam picks one by B²·D on the cpu
+    (off the cpu: the Gram form's machinery, every pair recomputed)."""
+    limit = 2**62 if request.param == "direct" else 0
+    monkeypatch.setattr(losses_module, "_DIRECT_LIMIT", limit)
+    return request.param
+
+
 def oracle_distances(embeddings: torch.Tensor) -> torch.Tensor:
     e = embeddings.detach().cpu().to(F64)
     return torch.cdist(e, e, compute_mode="donot_use_mm_for_euclid_dist")
 
 
+@pytest.mark.usefixtures("pairwise_form")
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 def test_pairwise_distances_match_cdist(contract_device, dtype):
     gen = torch.Generator().manual_seed(19)
@@ -790,6 +802,7 @@ def test_pairwise_distances_match_cdist(contract_device, dtype):
     )
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_duplicate_rows_have_zero_distance_and_finite_gradient(contract_device):
     emb = torch.tensor([[1.0, 2.0], [1.0, 2.0], [4.0, 6.0]], device=contract_device)
     emb.requires_grad_(True)
@@ -803,6 +816,7 @@ def test_duplicate_rows_have_zero_distance_and_finite_gradient(contract_device):
     torch.testing.assert_close(emb.grad[0], emb.grad[1])
 
 
+@pytest.mark.usefixtures("pairwise_form")
 @pytest.mark.parametrize("gap", [1e-6, 1e-20], ids=["1e-6", "1e-20"])
 def test_near_duplicate_rows_report_their_distance_with_nonzero_gradient(contract_device, gap):
     emb = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=F64)
@@ -815,6 +829,7 @@ def test_near_duplicate_rows_report_their_distance_with_nonzero_gradient(contrac
     assert emb.grad[0, 1].item() == pytest.approx(-1.0)
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_near_duplicate_rows_in_float32(contract_device):
     emb = torch.tensor([[0.5, 0.25], [0.5, 0.25 + 1e-6]], device=contract_device)
     distance = compute_pairwise_distances(emb)[0, 1].item()
@@ -822,6 +837,7 @@ def test_near_duplicate_rows_in_float32(contract_device):
     assert distance == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.usefixtures("pairwise_form")
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
 def test_near_duplicates_in_a_wide_batch_are_exact_where_the_gram_form_cancels(
     contract_device, dtype
@@ -843,12 +859,14 @@ def test_near_duplicates_in_a_wide_batch_are_exact_where_the_gram_form_cancels(
     assert emb.grad[31].abs().max() > 0.5  # a unit direction, not a clamp
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_pairwise_distances_of_huge_embeddings_stay_finite(contract_device):
     emb = torch.tensor([[1e19, 1e19], [-1e19, -1e19]], device=contract_device)
     distances = compute_pairwise_distances(emb)
     assert distances[0, 1].item() == pytest.approx(math.sqrt(8) * 1e19, rel=1e-6)
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_pairwise_distances_near_finfo_max_are_exact_with_finite_gradients(contract_device):
     # The batch mean of rows near finfo.max overflows when summed: the Gram form's centring
     # must not turn that into NaN distances (or NaN gradients through the matrix product).
@@ -863,6 +881,7 @@ def test_pairwise_distances_near_finfo_max_are_exact_with_finite_gradients(contr
     assert torch.isfinite(emb.grad).all()
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_pairwise_distances_of_subnormal_rows_have_finite_unit_gradients(contract_device):
     # diff / scale² underflows to inf when the scale is subnormal: the scale is a constant.
     tiny = 5e-324
@@ -873,11 +892,13 @@ def test_pairwise_distances_of_subnormal_rows_have_finite_unit_gradients(contrac
     assert emb.grad.flatten().tolist() == [1.0, -1.0]
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_pairwise_distances_propagate_nan_rather_than_zero(contract_device):
     emb = torch.tensor([[math.nan, 0.0], [0.0, 0.0]], device=contract_device)
     assert math.isnan(compute_pairwise_distances(emb)[0, 1].item())
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_pairwise_distances_of_a_single_sample(contract_device):
     emb = torch.randn(1, 3, device=contract_device)
     assert torch.equal(compute_pairwise_distances(emb), torch.zeros(1, 1, device=contract_device))
@@ -893,6 +914,7 @@ def _rows_with_a_recomputed_pair(device: torch.device | str) -> torch.Tensor:
     return emb.to(device)
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_pairwise_distance_backward_passes_gradcheck(contract_device):
     # The backward is written out: finite differences check both of its parts, the Gram
     # pairs' mm-based sum and the recomputed pairs' exact unit directions.
@@ -900,11 +922,13 @@ def test_pairwise_distance_backward_passes_gradcheck(contract_device):
     assert torch.autograd.gradcheck(compute_pairwise_distances, (emb,))
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_pairwise_distances_support_double_backward(contract_device):
     emb = _rows_with_a_recomputed_pair(contract_device).requires_grad_(True)
     assert torch.autograd.gradgradcheck(compute_pairwise_distances, (emb,))
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_pairwise_distance_gradient_matches_autograd_of_direct_differences(contract_device):
     gen = torch.Generator().manual_seed(42)
     emb = torch.randn(40, 16, generator=gen, dtype=F64).to(contract_device).requires_grad_(True)
@@ -919,6 +943,7 @@ def test_pairwise_distance_gradient_matches_autograd_of_direct_differences(contr
     torch.testing.assert_close(emb.grad.cpu(), reference.grad, rtol=tol.rtol, atol=tol.rtol)
 
 
+@pytest.mark.usefixtures("pairwise_form")
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
 def test_base_loss_of_embeddings_equals_base_loss_of_their_distances(contract_device, dtype):
     # forward fuses the distances and the mean into one Function: same value and gradient
@@ -938,6 +963,7 @@ def test_base_loss_of_embeddings_equals_base_loss_of_their_distances(contract_de
     torch.testing.assert_close(fused_emb.grad, plain_emb.grad, rtol=tol.rtol, atol=tol.atol)
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_base_loss_of_embeddings_supports_double_backward(contract_device):
     emb = _rows_with_a_recomputed_pair(contract_device).requires_grad_(True)
     truth = torch.rand(8, 8, dtype=F64, generator=torch.Generator().manual_seed(44))
@@ -949,6 +975,7 @@ def test_base_loss_of_embeddings_supports_double_backward(contract_device):
     assert torch.autograd.gradgradcheck(base, (emb,))
 
 
+@pytest.mark.usefixtures("pairwise_form")
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
 def test_base_loss_of_embeddings_retries_a_quick_sum_that_overflows(contract_device, dtype):
     # Rows 0 and 2 coincide, row 1 is 1.5 * sqrt(max) away; the truth gets only the pair
@@ -965,6 +992,7 @@ def test_base_loss_of_embeddings_retries_a_quick_sum_that_overflows(contract_dev
     assert torch.isfinite(emb.grad).all()
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_nonfinite_embeddings_of_a_single_sample_are_named_in_the_error(contract_device):
     # B = 1 has no pair, so the base loss (0) cannot screen the embeddings: their own flag
     # must.
@@ -1210,6 +1238,7 @@ def test_nonfinite_valid_values_raise_before_the_loss(contract_device, term, key
     assert f"first at {index} = {bad}" in message
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_nonfinite_embeddings_are_named_in_the_error(contract_device):
     emb = torch.randn(3, 2, device=contract_device)
     emb[1, 0] = math.nan
@@ -1267,6 +1296,7 @@ def test_present_output_with_missing_target_raises_naming_term_and_key(output_ke
         MultiTaskLoss()({output_key: batch.outputs[output_key]}, targets)
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_embeddings_give_the_unifrac_base_prediction(contract_device):
     emb = torch.randn(4, 3, device=contract_device, requires_grad=True)
     base_target = torch.rand(4, 4, device=contract_device)
@@ -1364,6 +1394,7 @@ def test_nucleotide_loss_equals_cross_entropy_on_the_valid_subset(
         max_size=5,
     )
 )
+@pytest.mark.usefixtures("pairwise_form")
 def test_pairwise_distance_gradients_are_finite_for_any_duplicates(contract_device, rows):
     emb = torch.tensor(rows, dtype=F64, device=contract_device, requires_grad=True)
     distances = compute_pairwise_distances(emb)
@@ -1405,6 +1436,7 @@ def test_float32_class_weights_are_normalised_in_float64_for_float64_losses(cont
     torch.testing.assert_close(got.cpu(), expected, rtol=4 * torch.finfo(F64).eps, atol=0.0)
 
 
+@pytest.mark.usefixtures("pairwise_form")
 def test_overflowing_pairwise_distances_of_finite_embeddings_give_inf_not_an_error(contract_device):
     # Found by C-REF-1: finite embeddings 1.8e308 apart in two coordinates have a distance
     # above float64 max. The model's outputs are finite, so this is an inf loss (as the
