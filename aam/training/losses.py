@@ -1183,16 +1183,17 @@ class MultiTaskLoss(nn.Module):
         dtype = _compute_dtype(pred, true)
         # Selected after the subtraction: a padded position's difference may be NaN, but
         # where passes it neither to the value nor (its gradient there is exactly 0) back.
-        diff = torch.where(valid, pred.to(dtype) - true.to(dtype), 0.0)
-        count = torch.count_nonzero(valid).to(dtype)
+        diff = torch.where(valid, _as(pred, dtype) - _as(true, dtype), 0.0)
+        # An int64 count: the division promotes it, so it needs no cast of its own.
+        count = torch.count_nonzero(valid).clamp_(min=1)
         # The quick mean first; should its sum overflow, the check swaps in the pre-scaled one.
-        loss = (diff * diff).sum() / count.clamp(min=1.0)
+        loss = (diff * diff).sum() / count
         checks: list[_FiniteCheck] = [("count_prediction", pred, valid), ("counts", true, valid)]
         retried = _check_values(
             "count_loss",
             checks,
             screens=_screened_by(loss, "count_prediction", "counts"),
-            retry=lambda: _mean_square(diff, valid.numel(), count),
+            retry=lambda: _mean_square(diff, valid.numel(), count.to(dtype)),
         )
         return loss if retried is None else retried
 

@@ -1465,17 +1465,43 @@ def _embedded(rows: list[list[float]]) -> MultiTaskBatch:
     )
 
 
-@pytest.mark.rule("C-DIST-1", term="base_loss")
-def test_distances_shorter_than_the_batch_spread_are_exact(loss_target, contract_device):
-    """Two rows 0.6 apart on either side of the batch mean, in a batch spread over 2: a pair
-    far apart against its rows' norms (a Gram-form pair on cpu) but shorter than the batch's
-    largest centred component. Random draws spread rows too widely to hold one.
+# Features a batch of 4 rows is zero-padded to, so that B²·D = 262,400 passes 2^18: aam takes
+# the Gram form there (direct differences below). Zeros change no norm, distance or mean.
+_WIDE_FEATURES = 16_400
 
-    Kills ``constant-changed`` (``squared.clamp_(min=0.0)`` -> ``min=1.0``) in aam's
-    ``_pairwise_forward``: the distance became the batch's scale, 1.0.
+
+def _widened(rows: list[list[float]], width: str) -> list[list[float]]:
+    if width == "narrow":
+        return rows
+    return [row + [0.0] * (_WIDE_FEATURES - len(row)) for row in rows]
+
+
+@pytest.mark.rule("C-DIST-1", term="base_loss")
+@pytest.mark.parametrize("width", ["narrow", "wide"])
+def test_distances_shorter_than_the_batch_spread_are_exact(loss_target, contract_device, width):
+    """Two rows 0.6 apart on either side of the batch mean, in a batch spread over 2: a pair
+    far apart against its rows' norms (a Gram-form pair) but shorter than the batch's
+    largest centred component. Random draws spread rows too widely to hold one. ``wide``
+    zero-pads the features so that aam computes them in its Gram form.
+
+    Kills ``constant-changed`` (``squared.clamp_(min=0.0)`` -> ``min=1.0``) in the Gram form
+    of aam's ``_pairwise_forward``: the distance became the batch's scale, 1.0.
     """
-    batch = _embedded([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.3], [0.0, -0.3]])
-    check_pairwise_distances(loss_target, batch.to(contract_device), term="base_loss")
+    rows = _widened([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.3], [0.0, -0.3]], width)
+    check_pairwise_distances(loss_target, _embedded(rows).to(contract_device), term="base_loss")
+
+
+@pytest.mark.rule("C-DIST-1", term="base_loss")
+@pytest.mark.parametrize("width", ["narrow", "wide"])
+def test_a_batch_of_identical_rows_has_zero_distances(loss_target, contract_device, width):
+    """Every row the same (a collapsed encoder): every distance is 0 with a finite gradient.
+    The rows' spread is then 0, and a form that divides by it must not make 0/0.
+
+    Kills ``guard-removed`` on the scale's clamp in the Gram form of aam's
+    ``_pairwise_forward`` (NaN distances from u = 0/0).
+    """
+    rows = _widened([[0.5, -2.0, 1.0]] * 4, width)
+    check_pairwise_distances(loss_target, _embedded(rows).to(contract_device), term="base_loss")
 
 
 # Rows 1e-6 apart (a pair the cpu Gram form recomputes from direct differences) beside a
