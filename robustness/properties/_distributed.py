@@ -60,7 +60,7 @@ from robustness.references._losses import reference_pairwise_distances
 from robustness.strategies._distributed import GatheredBatch
 from robustness.strategies._metric_data import Partition
 from robustness.target import LossTarget, MetricsTarget, load_metrics_target
-from robustness.tolerances import tolerance
+from robustness.tolerances import mismatch, tolerance
 
 __all__ = [
     "DDP_JOB_TIMEOUT",
@@ -483,9 +483,8 @@ def check_gathered_base_loss(
                 )
             continue
         got = torch.tensor(outcome.value["grad"], dtype=torch.float64).reshape(expected.shape)
-        try:
-            torch.testing.assert_close(got, expected, rtol=grad_tol.rtol, atol=grad_tol.atol)
-        except AssertionError as exc:
+        comparison = mismatch(got, expected, grad_tol)
+        if comparison is not None:
             raise ContractViolation(
                 rule,
                 term,
@@ -495,8 +494,8 @@ def check_gathered_base_loss(
                     **at,
                     "got": got.tolist(),
                     "expected": expected.tolist(),
-                    "comparison": str(exc),
+                    "comparison": comparison,
                     "tolerance": grad_tol.describe(),
                 },
                 replay=replay,
-            ) from None
+            )
