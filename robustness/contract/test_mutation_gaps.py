@@ -788,6 +788,8 @@ def test_targets_whose_variance_underflows_are_constant_to_r2(metrics_target, co
 # --------------------------------------------------------------------------- C-GRAD-1 (nuc, 2nd)
 
 
+# grad_outputs imports sympy: on the worker that already does (see test_weight_safety.py).
+@pytest.mark.xdist_group("torch-lazy-imports")
 @pytest.mark.rule("C-GRAD-1")
 @given(
     batch=multitask_batches(terms=("nuc",), dtype=st.sampled_from([torch.float32, torch.float64]))
@@ -1633,6 +1635,8 @@ def _separated_embeddings(seed: int, size: int, dim: int, device: str) -> torch.
     return emb.to(device)
 
 
+# grad_outputs imports sympy: on the worker that already does (see test_weight_safety.py).
+@pytest.mark.xdist_group("torch-lazy-imports")
 @pytest.mark.rule("C-GRAD-1", term="base_loss")
 @given(
     seed=st.integers(0, 2**16),
