@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from robustness.contract._batches import row_batches
 from robustness.contract.test_loss_rules import OVERFLOWING_SUM, _full_batch
 from robustness.errors import ContractViolation, HarnessUsageError, ReplaySpec
+from robustness.process_group import job_module
 from robustness.properties._gradients import check_reference_gradients
 from robustness.properties._losses import (
     _HEAD_OF,
@@ -1389,6 +1390,9 @@ _SYNC_CASES: dict[str, tuple[tuple[int | None, list[int]], ...]] = {
     "differently-fixed": ((3, [0, 2, 1]), (5, [4, 0])),
     "more-classes-than-fixed": ((3, [0, 2, 1]), (None, [4, 1])),
 }
+
+
+job_module(__name__)  # _mismatched_sync_job: imported once by the process groups' forkserver
 
 
 def _mismatched_sync_job(rank: int, world_size: int, payload: dict[str, Any]) -> str | None:

@@ -44,7 +44,7 @@ from robustness.errors import (
     qualified_name,
     resolve_qualified_name,
 )
-from robustness.process_group import BACKENDS, JobOutcome, shared_pool
+from robustness.process_group import BACKENDS, JobOutcome, job_module, shared_pool
 from robustness.properties._metrics import (
     _FAMILIES,
     MetricData,
@@ -81,6 +81,9 @@ _TIMED_OUT = re.compile(r"no answer within|timed out|timeout", re.IGNORECASE)
 _HUNG: dict[tuple[str, ...], ContractViolation] = {}
 
 GatheredLoss = Callable[..., torch.Tensor]
+
+
+job_module(__name__)  # the jobs below: imported once by the process groups' forkserver
 
 
 def distributed_skip_reason(device: str, world_size: int) -> str | None:
