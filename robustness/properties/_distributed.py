@@ -172,6 +172,10 @@ def _first_lines(error: str, limit: int = 12) -> str:
     return "\n".join(lines[:limit] + (["..."] if len(lines) > limit else []))
 
 
+#: gloo's errors on a rank whose peer left the group: an echo of the peer's failure.
+_PEER_ECHOES = ("closed by peer", "reset by peer")
+
+
 def _failed(
     rule: str, term: str, what: str, outcomes: list[JobOutcome], details: dict[str, object]
 ) -> ContractViolation | None:
@@ -179,8 +183,9 @@ def _failed(
     failed = [o for o in outcomes if not o.ok]
     if not failed:
         return None
-    # Peers of a rank that raised fail with "Connection closed by peer": name the origin.
-    origin = next((o for o in failed if "closed by peer" not in o.error), failed[0])
+    # Peers of a rank that raised fail with "Connection closed by peer" (or, when the rank
+    # left while they were reading, "Connection reset by peer"): name the origin.
+    origin = next((o for o in failed if not any(e in o.error for e in _PEER_ECHOES)), failed[0])
     first_line = origin.error.splitlines()[0] if origin.error else "no answer"
     return ContractViolation(
         rule,
