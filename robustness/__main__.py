@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import importlib.util
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 #: Exit status when the run itself cannot start (the gate's EXIT_BROKEN).
 EXIT_BROKEN = 3
@@ -88,5 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def _exit(status: int) -> NoReturn:
+    """Exit with ``status``, without the interpreter's final scan of the whole heap.
+
+    The last thing the interpreter does is a full garbage collection; after the gate that heap
+    holds torch, Hypothesis and pytest (0.4 s of CPU on 2 cores, after the verdict is printed).
+    Frozen objects are left out of it, and the process ends: nothing of it needs collecting.
+    """
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

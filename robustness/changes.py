@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import hashlib
 import inspect
 import json
@@ -127,6 +128,7 @@ def _code_names(obj: Any) -> set[str]:
     return names
 
 
+@functools.cache
 def _library_roots() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
@@ -147,11 +149,17 @@ def _own(obj: Any) -> bool:
     return not resolved.startswith(_library_roots())
 
 
-def _closure(roots: Mapping[str, Any], cls: type[Any] | None) -> dict[str, str]:
+def _closure(
+    roots: Mapping[str, Any], cls: type[Any] | None, sources: dict[int, str]
+) -> dict[str, str]:
     """Name -> source of ``roots`` and of the project's code they use, transitively.
 
     Followed: the module-level names a function or class body uses, methods reached through
-    ``self.name`` on ``cls``, and the base classes of a class.
+    ``self.name`` on ``cls``, and the base classes of a class. ``sources`` caches each
+    object's source across the terms of one :func:`term_keys` call: every loss term reaches
+    ``__init__`` and the shared helpers, and :func:`inspect.getsource` parses a class's whole
+    module each time (aam's keys: 205 look-ups in 0.52 s at the end of every gate run, 81 in
+    0.21 s with the cache).
     """
     found: dict[str, str] = {}
     todo: list[tuple[Any, int]] = [(obj, 0) for obj in roots.values()]
@@ -161,7 +169,9 @@ def _closure(roots: Mapping[str, Any], cls: type[Any] | None) -> dict[str, str]:
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        found[f"{obj.__module__}.{obj.__qualname__}"] = _source(obj)
+        if id(obj) not in sources:
+            sources[id(obj)] = _source(obj)
+        found[f"{obj.__module__}.{obj.__qualname__}"] = sources[id(obj)]
         if depth >= _MAX_DEPTH:
             continue
         module = inspect.getmodule(obj)
@@ -222,14 +232,15 @@ def term_keys(
     """
     rename = dict(rename or {})
     keys: dict[str, str] = {}
+    sources: dict[int, str] = {}  # id -> source; the objects stay alive for the whole call
     for term, roots in _loss_roots(loss).items():
-        keys[term] = _digest(_closure(roots, loss.loss_cls), rename)
+        keys[term] = _digest(_closure(roots, loss.loss_cls, sources), rename)
     module = metrics.module
     if module is None:  # --metrics none: a loss-only project has no metric terms
         return keys
     for term, names in METRIC_TERM_CODE.items():
         roots = {name: getattr(module, name) for name in names}
-        keys[term] = _digest(_closure(roots, None), rename)
+        keys[term] = _digest(_closure(roots, None, sources), rename)
     return keys
 
 

@@ -22,8 +22,10 @@ from hypothesis import strategies as st
 from robustness.contract._batches import row_batches
 from robustness.contract.test_loss_rules import OVERFLOWING_SUM, _full_batch
 from robustness.errors import ContractViolation, HarnessUsageError, ReplaySpec
+from robustness.process_group import job_module
 from robustness.properties._gradients import check_reference_gradients
 from robustness.properties._losses import (
+    _HEAD_OF,
     _Case,
     _compare,
     _expect_value_error,
@@ -350,11 +352,28 @@ def check_gap_inputs(loss: LossTarget, batch: MultiTaskBatch, *, term: str, case
     )
 
 
+def _case_batches(rule: str, **options: Any) -> dict[str, st.SearchStrategy[MultiTaskBatch]]:
+    """Each ``rule`` case's batches: ``multitask_batches(**options)`` drawing only its head.
+
+    A case judges the batch restricted to one head (``_only_head``); drawing the other heads'
+    sizes and options but not their tensors (``values_for``) gives that restricted batch the
+    same distribution, without drawing what would be thrown away (most of an example's cost).
+    """
+    return {
+        case: multitask_batches(values_for=(_HEAD_OF[spec.head or spec.term],), **options)
+        for case, spec in GAP_CASES.items()
+        if spec.rule == rule
+    }
+
+
+_INPUT_BATCHES = _case_batches("C-INPUT-1")
+
+
 @pytest.mark.rule("C-INPUT-1")
-@pytest.mark.parametrize("case", [c for c, s in GAP_CASES.items() if s.rule == "C-INPUT-1"])
-@given(batch=multitask_batches())
+@pytest.mark.parametrize("case", list(_INPUT_BATCHES))
+@given(data=st.data())
 def test_bad_input_types_and_options_raise_naming_the_term(
-    loss_target, contract_device, case, batch
+    loss_target, contract_device, case, data
 ):
     """Bad input gets a clear error: non-float predictions, float ids, complex truths, an
     unknown ``target_loss_type`` or ``encoder_type``, unusable ``class_weights``, a head
@@ -365,6 +384,7 @@ def test_bad_input_types_and_options_raise_naming_the_term(
     ``_validate_encoder_type``, the ``target_loss_type`` check of ``MultiTaskLoss.__init__``
     and the missing-target check of ``MultiTaskLoss.forward``.
     """
+    batch = data.draw(_INPUT_BATCHES[case], label="batch")
     spec = GAP_CASES[case]
     if spec.needs not in batch.outputs and spec.needs not in batch.targets:
         return
@@ -374,10 +394,13 @@ def test_bad_input_types_and_options_raise_naming_the_term(
     check_gap_inputs(loss_target, head, term=spec.term, case=case)
 
 
+_SHAPE_BATCHES = _case_batches("C-SHAPE-1", terms=("count", "nuc", "target"), classifier=True)
+
+
 @pytest.mark.rule("C-SHAPE-1")
-@pytest.mark.parametrize("case", [c for c, s in GAP_CASES.items() if s.rule == "C-SHAPE-1"])
-@given(batch=multitask_batches(terms=("count", "nuc", "target"), classifier=True))
-def test_bad_prediction_shapes_raise_naming_the_term(loss_target, contract_device, case, batch):
+@pytest.mark.parametrize("case", list(_SHAPE_BATCHES))
+@given(data=st.data())
+def test_bad_prediction_shapes_raise_naming_the_term(loss_target, contract_device, case, data):
     """Shapes only one check stands against raise a ValueError naming the term.
 
     ``[B, A, 2]`` count predictions (and counts) still match a ``[B, A]`` mask in
@@ -386,6 +409,7 @@ def test_bad_prediction_shapes_raise_naming_the_term(loss_target, contract_devic
     log-probabilities match ``B`` ids. Kills ``raise-removed`` in aam's ``_count_inputs``,
     ``compute_nucleotide_loss`` and ``_classification_loss``.
     """
+    batch = data.draw(_SHAPE_BATCHES[case], label="batch")
     spec = GAP_CASES[case]
     if spec.needs not in batch.outputs:
         return
@@ -788,6 +812,8 @@ def test_targets_whose_variance_underflows_are_constant_to_r2(metrics_target, co
 # --------------------------------------------------------------------------- C-GRAD-1 (nuc, 2nd)
 
 
+# grad_outputs imports sympy: on the worker that already does (see test_weight_safety.py).
+@pytest.mark.xdist_group("torch-lazy-imports")
 @pytest.mark.rule("C-GRAD-1")
 @given(
     batch=multitask_batches(terms=("nuc",), dtype=st.sampled_from([torch.float32, torch.float64]))
@@ -1366,6 +1392,9 @@ _SYNC_CASES: dict[str, tuple[tuple[int | None, list[int]], ...]] = {
 }
 
 
+job_module(__name__)  # _mismatched_sync_job: imported once by the process groups' forkserver
+
+
 def _mismatched_sync_job(rank: int, world_size: int, payload: dict[str, Any]) -> str | None:
     """On one rank: feed its ids to a state of its num_classes, sync; the ValueError or None."""
     from robustness.properties._distributed import _rank_device
@@ -1673,6 +1702,8 @@ def _separated_embeddings(seed: int, size: int, dim: int, device: str) -> torch.
     return emb.to(device)
 
 
+# grad_outputs imports sympy: on the worker that already does (see test_weight_safety.py).
+@pytest.mark.xdist_group("torch-lazy-imports")
 @pytest.mark.rule("C-GRAD-1", term="base_loss")
 @given(
     seed=st.integers(0, 2**16),

@@ -23,6 +23,13 @@ from robustness.properties._weights import (
 )
 from robustness.strategies import MultiTaskBatch, multitask_batches
 
+# A torch optimizer's first construction imports torch._dynamo (its add_param_group is wrapped
+# to disable dynamo), and with it sympy: 1.1 s of CPU, once per process (torch 2.13). These
+# tests and the two that differentiate twice (torch.autograd.grad with grad_outputs imports
+# sympy; test_mutation_gaps.py) share one xdist worker (--dist loadgroup), so only that worker
+# pays it; no other contract test imports either.
+pytestmark = pytest.mark.xdist_group("torch-lazy-imports")
+
 #: A few steps: enough for NaN to reach every parameter and for momentum/Adam state to matter.
 STEPS = 3
 GARBAGE = ("nan", "inf", "-inf", "max", "-max")

@@ -43,7 +43,7 @@ from robustness.references._losses import (
 )
 from robustness.strategies import MultiTaskBatch
 from robustness.target import LossTarget
-from robustness.tolerances import Tolerance, tolerance
+from robustness.tolerances import Tolerance, mismatch, tolerance
 
 __all__ = [
     "GARBAGE_FILLS",
@@ -349,17 +349,7 @@ def _compare(actual: Tensor, expected: Tensor, tol: Tolerance) -> str | None:
                 f"both results are NaN{where}: NaN is owed by no rule, so the fault is the NaN "
                 "itself, not a difference between them"
             )
-    try:
-        torch.testing.assert_close(
-            actual.detach().cpu().double(),
-            expected.detach().cpu().double(),
-            rtol=tol.rtol,
-            atol=tol.atol,
-            equal_nan=False,
-        )
-    except AssertionError as exc:
-        return str(exc)
-    return None
+    return mismatch(a, e, tol)
 
 
 # --------------------------------------------------------------------------- batch surgery
@@ -1768,17 +1758,9 @@ def check_device_agreement(
 
 
 def _compare_nan(actual: Tensor, expected: Tensor, tol: Tolerance) -> str | None:
-    try:
-        torch.testing.assert_close(
-            actual.detach().cpu().double(),
-            expected.detach().cpu().double(),
-            rtol=tol.rtol,
-            atol=tol.atol,
-            equal_nan=True,
-        )
-    except AssertionError as exc:
-        return str(exc)
-    return None
+    return mismatch(
+        actual.detach().cpu().double(), expected.detach().cpu().double(), tol, equal_nan=True
+    )
 
 
 # --------------------------------------------------------------------------- C-INVARIANT-1

@@ -35,7 +35,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -701,6 +701,168 @@ def _asv_structure(
     return asv_valid, pos_valid & asv_valid[..., None]
 
 
+class _BatchOptions(NamedTuple):
+    """What :func:`multitask_batches` was built with, checked: the arguments of its draws."""
+
+    heads: tuple[str, ...]
+    drawn: tuple[str, ...]
+    dtypes_: st.SearchStrategy[torch.dtype]
+    classifier: bool | None
+    encoder_type: str | None
+    embeddings: bool | None
+    class_weights: bool | None
+    kind: str
+    truths: str
+    min_batch: int
+    max_batch: int
+    max_asvs: int
+    max_len: int
+    vocab: int
+    max_classes: int
+    max_features: int
+    mask_dtype: torch.dtype | None
+    allow_noncontiguous: bool
+
+
+# Defined once, not per multitask_batches() call: decorating a composite reads and parses its
+# source (Hypothesis checks that it uses draw), 4.8 ms for this one, and the contract builds
+# 99 batch strategies in each process that collects it. The draws are the same.
+@st.composite
+def _draw_batch(draw: st.DrawFn, options: _BatchOptions) -> MultiTaskBatch:
+    (
+        heads,
+        drawn,
+        dtypes_,
+        classifier,
+        encoder_type,
+        embeddings,
+        class_weights,
+        kind,
+        truths,
+        min_batch,
+        max_batch,
+        max_asvs,
+        max_len,
+        vocab,
+        max_classes,
+        max_features,
+        mask_dtype,
+        allow_noncontiguous,
+    ) = options
+    # ---- stage 1: sizes, structure and options
+    chosen = draw(dtypes_)
+    batch = draw(st.integers(min_batch, max_batch))
+    outputs: dict[str, torch.Tensor] = {}
+    targets: dict[str, torch.Tensor] = {}
+    padded: dict[str, torch.Tensor] = {}
+    kwargs: dict[str, Any] = {}
+    is_classifier = False
+    encoder = "unifrac"
+    use_embeddings = False
+    # Sizes and validity that only the masked heads' tensors use are drawn for them alone
+    # (values_for): no option or other head depends on them.
+    masked = "count" in drawn or "nuc" in drawn
+    if masked:
+        asvs = draw(st.integers(1, max_asvs))
+        length = draw(st.integers(1, max_len)) if "nuc" in drawn else 1
+        v = draw(st.integers(1, vocab)) if "nuc" in drawn else 1
+        asv_valid, pos_valid = _asv_structure(draw, batch, asvs, length, positions="nuc" in drawn)
+        mdtype = mask_dtype or draw(st.sampled_from(MASK_DTYPES))
+    if "target" in heads:
+        is_classifier = classifier if classifier is not None else draw(st.booleans())
+        if is_classifier:
+            k = draw(st.integers(1, max_classes))
+            # Labels from a drawn subset of classes: imbalanced and absent classes.
+            present = draw(st.lists(st.integers(0, k - 1), min_size=1, max_size=k))
+            labels = np.array(
+                draw(st.lists(st.sampled_from(present), min_size=batch, max_size=batch)),
+                dtype=np.int64,
+            )
+            weighted = class_weights if class_weights is not None else draw(st.booleans())
+            if weighted:
+                kwargs["class_weights"] = _draw_class_weights(draw, k, labels)
+        else:
+            d = draw(st.integers(1, max_features))
+            kwargs["target_loss_type"] = draw(st.sampled_from(TARGET_LOSS_TYPES))
+    if "base" in heads:
+        if embeddings:
+            encoder = "unifrac"
+        else:
+            encoder = encoder_type or draw(st.sampled_from(ENCODER_TYPES))
+        if encoder == "unifrac":
+            use_embeddings = embeddings if embeddings is not None else draw(st.booleans())
+            if use_embeddings:
+                e = draw(st.integers(1, max_features))
+    penalties = {name: _draw_penalty(draw) for name in _PENALTY_NAMES}
+    kwargs.update(penalties)
+
+    # ---- stage 2: values
+    def values(shape: tuple[int, ...], value_kind: str = kind) -> torch.Tensor:
+        return _values(draw, shape, chosen, value_kind)
+
+    if "target" in drawn:
+        if is_classifier:
+            if kind == "ordinary":
+                logits = values((batch, k)).double()
+                log_probs = torch.log_softmax(logits, dim=-1).to(chosen)
+            else:
+                # Any non-positive value is a log-probability as far as NLL goes.
+                log_probs = -values((batch, k)).abs()
+            outputs["target_prediction"] = log_probs
+            targets["target"] = torch.from_numpy(labels)
+        else:
+            outputs["target_prediction"] = values((batch, d))
+            targets["target"] = values((batch, d), truths)
+        padded["target_prediction"] = torch.zeros(
+            outputs["target_prediction"].shape, dtype=torch.bool
+        )
+    if "count" in drawn:
+        pred = values((batch, asvs, 1))
+        true = values((batch, asvs, 1), truths)
+        outputs["count_prediction"] = pred
+        targets["counts"] = true
+        targets["mask"] = as_mask(asv_valid, mdtype)
+        padded["count_prediction"] = torch.from_numpy(~asv_valid[..., None].copy())
+    if "base" in drawn:
+        if encoder == "faith_pd":
+            outputs["base_prediction"] = values((batch, 1))
+            targets["base_target"] = values((batch, 1), truths).abs()
+            padded["base_prediction"] = torch.zeros((batch, 1), dtype=torch.bool)
+        else:
+            upper = values((batch, batch), truths).abs().triu(diagonal=1)
+            targets["base_target"] = upper + upper.T
+            diagonal = torch.eye(batch, dtype=torch.bool)
+            if use_embeddings:
+                outputs["embeddings"] = _draw_embeddings(draw, batch, e, chosen, kind)
+                padded["embeddings"] = torch.zeros((batch, e), dtype=torch.bool)
+            else:
+                outputs["base_prediction"] = values((batch, batch))
+                padded["base_prediction"] = diagonal
+    if "nuc" in drawn:
+        assert pos_valid is not None  # drawn with the nuc head
+        outputs["nuc_predictions"] = values((batch, asvs, length, v))
+        ids = draw(hnp.arrays(np.int64, (batch, asvs, length), elements=st.integers(0, v - 1)))
+        pad_id = draw(st.sampled_from([_PAD_ID, v]))
+        targets["nucleotides"] = torch.from_numpy(np.where(pos_valid, ids, pad_id))
+        targets["nuc_mask"] = as_mask(pos_valid, mdtype)
+        padded["nuc_predictions"] = torch.from_numpy(
+            np.broadcast_to(~pos_valid[..., None], (batch, asvs, length, v)).copy()
+        )
+    if allow_noncontiguous:
+        for key in list(outputs):
+            if outputs[key].numel() >= 2 and draw(st.booleans()):
+                outputs[key] = strided_copy(outputs[key])
+    return MultiTaskBatch(
+        outputs=outputs,
+        targets=targets,
+        padded=padded,
+        is_classifier=is_classifier,
+        encoder_type=encoder,
+        loss_kwargs=kwargs,
+        kind=kind,
+    )
+
+
 def multitask_batches(
     *,
     terms: Iterable[str] = TERMS,
@@ -808,121 +970,25 @@ def multitask_batches(
             f"class_weights=True needs the target head, got terms={heads!r}; add 'target'"
         )
 
-    @st.composite
-    def draw_batch(draw: st.DrawFn) -> MultiTaskBatch:
-        # ---- stage 1: sizes, structure and options
-        chosen = draw(dtypes_)
-        batch = draw(st.integers(min_batch, max_batch))
-        outputs: dict[str, torch.Tensor] = {}
-        targets: dict[str, torch.Tensor] = {}
-        padded: dict[str, torch.Tensor] = {}
-        kwargs: dict[str, Any] = {}
-        is_classifier = False
-        encoder = "unifrac"
-        use_embeddings = False
-        # Sizes and validity that only the masked heads' tensors use are drawn for them alone
-        # (values_for): no option or other head depends on them.
-        masked = "count" in drawn or "nuc" in drawn
-        if masked:
-            asvs = draw(st.integers(1, max_asvs))
-            length = draw(st.integers(1, max_len)) if "nuc" in drawn else 1
-            v = draw(st.integers(1, vocab)) if "nuc" in drawn else 1
-            asv_valid, pos_valid = _asv_structure(
-                draw, batch, asvs, length, positions="nuc" in drawn
-            )
-            mdtype = mask_dtype or draw(st.sampled_from(MASK_DTYPES))
-        if "target" in heads:
-            is_classifier = classifier if classifier is not None else draw(st.booleans())
-            if is_classifier:
-                k = draw(st.integers(1, max_classes))
-                # Labels from a drawn subset of classes: imbalanced and absent classes.
-                present = draw(st.lists(st.integers(0, k - 1), min_size=1, max_size=k))
-                labels = np.array(
-                    draw(st.lists(st.sampled_from(present), min_size=batch, max_size=batch)),
-                    dtype=np.int64,
-                )
-                weighted = class_weights if class_weights is not None else draw(st.booleans())
-                if weighted:
-                    kwargs["class_weights"] = _draw_class_weights(draw, k, labels)
-            else:
-                d = draw(st.integers(1, max_features))
-                kwargs["target_loss_type"] = draw(st.sampled_from(TARGET_LOSS_TYPES))
-        if "base" in heads:
-            if embeddings:
-                encoder = "unifrac"
-            else:
-                encoder = encoder_type or draw(st.sampled_from(ENCODER_TYPES))
-            if encoder == "unifrac":
-                use_embeddings = embeddings if embeddings is not None else draw(st.booleans())
-                if use_embeddings:
-                    e = draw(st.integers(1, max_features))
-        penalties = {name: _draw_penalty(draw) for name in _PENALTY_NAMES}
-        kwargs.update(penalties)
-
-        # ---- stage 2: values
-        def values(shape: tuple[int, ...], value_kind: str = kind) -> torch.Tensor:
-            return _values(draw, shape, chosen, value_kind)
-
-        if "target" in drawn:
-            if is_classifier:
-                if kind == "ordinary":
-                    logits = values((batch, k)).double()
-                    log_probs = torch.log_softmax(logits, dim=-1).to(chosen)
-                else:
-                    # Any non-positive value is a log-probability as far as NLL goes.
-                    log_probs = -values((batch, k)).abs()
-                outputs["target_prediction"] = log_probs
-                targets["target"] = torch.from_numpy(labels)
-            else:
-                outputs["target_prediction"] = values((batch, d))
-                targets["target"] = values((batch, d), truths)
-            padded["target_prediction"] = torch.zeros(
-                outputs["target_prediction"].shape, dtype=torch.bool
-            )
-        if "count" in drawn:
-            pred = values((batch, asvs, 1))
-            true = values((batch, asvs, 1), truths)
-            outputs["count_prediction"] = pred
-            targets["counts"] = true
-            targets["mask"] = as_mask(asv_valid, mdtype)
-            padded["count_prediction"] = torch.from_numpy(~asv_valid[..., None].copy())
-        if "base" in drawn:
-            if encoder == "faith_pd":
-                outputs["base_prediction"] = values((batch, 1))
-                targets["base_target"] = values((batch, 1), truths).abs()
-                padded["base_prediction"] = torch.zeros((batch, 1), dtype=torch.bool)
-            else:
-                upper = values((batch, batch), truths).abs().triu(diagonal=1)
-                targets["base_target"] = upper + upper.T
-                diagonal = torch.eye(batch, dtype=torch.bool)
-                if use_embeddings:
-                    outputs["embeddings"] = _draw_embeddings(draw, batch, e, chosen, kind)
-                    padded["embeddings"] = torch.zeros((batch, e), dtype=torch.bool)
-                else:
-                    outputs["base_prediction"] = values((batch, batch))
-                    padded["base_prediction"] = diagonal
-        if "nuc" in drawn:
-            assert pos_valid is not None  # drawn with the nuc head
-            outputs["nuc_predictions"] = values((batch, asvs, length, v))
-            ids = draw(hnp.arrays(np.int64, (batch, asvs, length), elements=st.integers(0, v - 1)))
-            pad_id = draw(st.sampled_from([_PAD_ID, v]))
-            targets["nucleotides"] = torch.from_numpy(np.where(pos_valid, ids, pad_id))
-            targets["nuc_mask"] = as_mask(pos_valid, mdtype)
-            padded["nuc_predictions"] = torch.from_numpy(
-                np.broadcast_to(~pos_valid[..., None], (batch, asvs, length, v)).copy()
-            )
-        if allow_noncontiguous:
-            for key in list(outputs):
-                if outputs[key].numel() >= 2 and draw(st.booleans()):
-                    outputs[key] = strided_copy(outputs[key])
-        return MultiTaskBatch(
-            outputs=outputs,
-            targets=targets,
-            padded=padded,
-            is_classifier=is_classifier,
-            encoder_type=encoder,
-            loss_kwargs=kwargs,
+    return _draw_batch(
+        _BatchOptions(
+            heads=heads,
+            drawn=drawn,
+            dtypes_=dtypes_,
+            classifier=classifier,
+            encoder_type=encoder_type,
+            embeddings=embeddings,
+            class_weights=class_weights,
             kind=kind,
+            truths=truths,
+            min_batch=min_batch,
+            max_batch=max_batch,
+            max_asvs=max_asvs,
+            max_len=max_len,
+            vocab=vocab,
+            max_classes=max_classes,
+            max_features=max_features,
+            mask_dtype=mask_dtype,
+            allow_noncontiguous=allow_noncontiguous,
         )
-
-    return draw_batch()
+    )

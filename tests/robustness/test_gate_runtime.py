@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -68,8 +69,41 @@ def test_the_contract_runs_single_threaded_on_a_frozen_heap_in_a_worker(tmp_path
     assert {row["status"] for row in rows} == {"pass"}
 
 
-def test_the_runtime_plugin_unfreezes_the_heap_when_pytest_ends() -> None:
+class _Config:
+    """The part of ``pytest.Config`` the runtime plugin uses: its cleanups, in pytest's order."""
+
+    def __init__(self, *, worker: bool) -> None:
+        self.cleanups: list[Callable[[], None]] = []
+        if worker:
+            self.workerinput: dict[str, str] = {"workerid": "gw0"}
+
+    def add_cleanup(self, func: Callable[[], None]) -> None:
+        self.cleanups.append(func)
+
+    def run_cleanups(self) -> None:
+        while self.cleanups:
+            self.cleanups.pop()()  # last in, first out, like pytest's ExitStack
+
+
+def test_the_runtime_plugin_unfreezes_the_heap_after_pytest_s_own_cleanups() -> None:
+    config = _Config(worker=False)
+    gate_runtime.pytest_configure(config)  # type: ignore[arg-type]
+    frozen_during_cleanup: list[int] = []
+    # Registered later (pytest's unraisable-exception cleanup), so it runs earlier.
+    config.add_cleanup(lambda: frozen_during_cleanup.append(gc.get_freeze_count()))
     gate_runtime.pytest_collection_finish(None)  # type: ignore[arg-type]
     assert gc.get_freeze_count() > 0
-    gate_runtime.pytest_unconfigure(None)  # type: ignore[arg-type]
+    config.run_cleanups()
+    assert frozen_during_cleanup[0] > 0
     assert gc.get_freeze_count() == 0
+
+
+def test_an_xdist_worker_leaves_the_heap_frozen_for_its_exit() -> None:
+    config = _Config(worker=True)
+    gate_runtime.pytest_configure(config)  # type: ignore[arg-type]
+    assert config.cleanups == []
+    gate_runtime.pytest_sessionstart(None)  # type: ignore[arg-type]
+    try:
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # this test process goes on running

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from robustness.tolerances import SAFETY_FACTOR, gradient_tolerance, tolerance
+from robustness.tolerances import SAFETY_FACTOR, gradient_tolerance, mismatch, tolerance
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
@@ -54,3 +54,40 @@ def test_gradient_tolerance_grows_with_fan_in_not_with_the_reduction(dtype):
 def test_gradient_tolerance_rejects_an_empty_fan_in():
     with pytest.raises(ValueError, match="fan_in >= 1"):
         gradient_tolerance(torch.float32, fan_in=0)
+
+
+def _assert_close_message(actual, expected, tol, *, equal_nan=False):
+    try:
+        torch.testing.assert_close(
+            actual, expected, rtol=tol.rtol, atol=tol.atol, equal_nan=equal_nan
+        )
+    except AssertionError as exc:
+        return str(exc)
+    return None
+
+
+_NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("actual", "expected"),
+    [
+        (torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 2.0 + 1e-14])),
+        (torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 2.1])),
+        (torch.tensor(3.0, dtype=torch.float64), torch.tensor(3.0 + 1e-3)),
+        (torch.tensor([_NAN, 1.0], dtype=torch.float64), torch.tensor([_NAN, 1.0])),
+        (torch.tensor([math.inf], dtype=torch.float64), torch.tensor([math.inf])),
+        (torch.tensor([math.inf], dtype=torch.float64), torch.tensor([-math.inf])),
+        (torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, 3)),
+        (torch.ones(2, 3, dtype=torch.float64), torch.ones(3, 2)),  # shape mismatch
+        (torch.ones(2, dtype=torch.float32), torch.ones(2)),  # dtype mismatch
+        (torch.ones(4, dtype=torch.float64)[::2], torch.ones(2)),  # another stride
+    ],
+)
+@pytest.mark.parametrize("equal_nan", [False, True])
+def test_mismatch_gives_assert_close_s_verdict_and_message(actual, expected, equal_nan):
+    expected = expected.to(torch.float64)
+    tol = tolerance(torch.float64)
+    assert mismatch(actual, expected, tol, equal_nan=equal_nan) == _assert_close_message(
+        actual, expected, tol, equal_nan=equal_nan
+    )
