@@ -723,7 +723,7 @@ def _pairwise_input(embeddings: Tensor) -> Tensor:
         raise ValueError(
             f"{term}: embeddings must be [B, D] with D >= 1, got shape {_shape(embeddings)}"
         )
-    return embeddings.to(_compute_dtype(embeddings))
+    return _as(embeddings, _compute_dtype(embeddings))
 
 
 class _PairwiseDistances(torch.autograd.Function):
@@ -748,14 +748,19 @@ class _PairwiseDistances(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, emb: Tensor) -> tuple[Tensor, Tensor]:
         distances, scale, saved = _pairwise_forward(emb)
-        ctx.save_for_backward(*saved)
+        # The input through save_for_backward (double backward differentiates it); the
+        # forward's own intermediates on ctx, which saves packing each one.
+        ctx.save_for_backward(emb)
+        ctx.intermediates = saved[1:]
         ctx.mark_non_differentiable(scale)
         ctx.set_materialize_grads(False)  # the screen's gradient is never needed, not even as 0
         return distances, scale
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None, grad_screen: Tensor | None) -> Tensor | None:
-        return None if grad is None else _pairwise_backward(ctx.saved_tensors, grad)
+        if grad is None:
+            return None
+        return _pairwise_backward((*ctx.saved_tensors, *ctx.intermediates), grad)
 
 
 # Up to this many B²·D, the cpu takes every pair from direct differences (torch.cdist with
@@ -917,10 +922,16 @@ class _PairwiseMeanSquare(torch.autograd.Function):
         pairs = max(valid.shape[0] * (valid.shape[0] - 1), 1)
         loss = (diff * diff).sum() / pairs
         ctx.pairs = pairs
-        ctx.save_for_backward(diff, true, valid, *saved)
-        ctx.mark_non_differentiable(scale)
+        # Inputs through save_for_backward, the forward's own intermediates on ctx (as in
+        # _PairwiseDistances).
+        ctx.save_for_backward(emb, true, valid)
+        ctx.intermediates = (diff, *saved[1:])
+        # One flag for both sides: non-finite when the embeddings are (their scale) or a
+        # valid truth is (the loss); a sum that merely overflowed is confirmed and retried.
+        screen = scale + loss
+        ctx.mark_non_differentiable(screen)
         ctx.set_materialize_grads(False)  # the screen's gradient is never needed, not even as 0
-        return loss, scale
+        return loss, screen
 
     @staticmethod
     def backward(
@@ -928,8 +939,9 @@ class _PairwiseMeanSquare(torch.autograd.Function):
     ) -> tuple[Tensor | None, Tensor | None, None]:
         if grad_loss is None:
             return None, None, None
-        diff, true, valid, *saved = ctx.saved_tensors
-        emb = saved[0]
+        emb, true, valid = ctx.saved_tensors
+        diff, *rest = ctx.intermediates
+        saved = (emb, *rest)
         if torch.is_grad_enabled():
             distances = _PairwiseDistances.apply(emb)[0]  # type: ignore[no-untyped-call]
             diff = torch.where(valid, _as(distances, true.dtype) - true, 0.0)
@@ -1301,7 +1313,7 @@ class MultiTaskLoss(nn.Module):
             )
         dtype = _compute_dtype(emb, true)
         valid = _off_diagonal(size, emb.device)
-        truth = true.to(dtype)
+        truth = _as(true, dtype)
         loss: Tensor
         screen: Tensor
         loss, screen = _PairwiseMeanSquare.apply(emb, truth, valid)  # type: ignore[no-untyped-call]
@@ -1312,13 +1324,13 @@ class MultiTaskLoss(nn.Module):
             return _mean_square(diff, pairs, diff.new_tensor(float(pairs)))
 
         retried = self._check_base(
-            loss, pred_key, emb, true, valid, ("embeddings", embeddings, screen), retry=retry
+            screen, pred_key, emb, true, valid, ("embeddings", embeddings, screen), retry=retry
         )
         return loss if retried is None else retried
 
     @staticmethod
     def _check_base(
-        loss: Tensor,
+        screen_of_truth: Tensor,
         pred_key: str,
         pred: Tensor,
         true: Tensor,
@@ -1326,16 +1338,17 @@ class MultiTaskLoss(nn.Module):
         source: tuple[str, Tensor, Tensor | None] | None,
         retry: Callable[[], Tensor] | None = None,
     ) -> Tensor | None:
-        # The loss screens every valid entry of both sides. Distances computed here from
-        # finite embeddings may still overflow (rows near finfo.max apart): that is an inf
-        # loss, as the float64 reference has, not a non-finite model output, so with a
-        # source only the embeddings are checked, screened by their own flag (the loss
-        # misses them at B = 1, where no pair reaches it).
+        # ``screen_of_truth`` (the loss, or a flag that includes it) screens every valid entry
+        # of both sides. Distances computed here from finite embeddings may still overflow
+        # (rows near finfo.max apart): that is an inf loss, as the float64 reference has,
+        # not a non-finite model output, so with a source only the embeddings are checked,
+        # screened by their own flag (the loss misses them at B = 1, where no pair reaches
+        # it).
         checks: list[_FiniteCheck] = [("base_target", true, valid)]
-        screens: dict[str, tuple[Tensor, Tensor | None]] = {"base_target": (loss, None)}
+        screens: dict[str, tuple[Tensor, Tensor | None]] = {"base_target": (screen_of_truth, None)}
         if source is None:
             checks.insert(0, (pred_key, pred, valid))
-            screens[pred_key] = (loss, None)
+            screens[pred_key] = (screen_of_truth, None)
         else:
             key, embeddings, screen = source
             checks.insert(0, (key, embeddings, None))
