@@ -351,9 +351,11 @@ def _raise_pending(pending: Sequence[_PendingCheck]) -> dict[str, Tensor]:
     # A screen shared by several checks (a term's value screens its prediction and its
     # truth) is read once.
     distinct: dict[int, Tensor] = {}
+    counts: list[int] = []  # the id checks' flags (counts of bad ids), by id
     for check in pending:
         for flag in check.flags:
             distinct.setdefault(id(flag), flag)
+        counts.extend(id(flag) for flag in check.flags[len(check.finite) :])
     if not distinct:
         return {}
     tensors = list(distinct.values())
@@ -366,6 +368,8 @@ def _raise_pending(pending: Sequence[_PendingCheck]) -> dict[str, Tensor]:
         with torch.no_grad():
             values = torch.stack(tensors).tolist()
     host = dict(zip(distinct, values, strict=True))
+    if all(map(math.isfinite, values)) and not any(host[key] for key in counts):
+        return {}  # the usual case: nothing to raise, no quick sum overflowed
     retried: dict[str, Tensor] = {}
     for check in pending:
         overflowed = _raise_first(check, [host[id(flag)] for flag in check.flags])
@@ -696,9 +700,10 @@ def compute_pairwise_distances(embeddings: Tensor) -> Tensor:
 def _pairwise_distances(embeddings: Tensor) -> tuple[Tensor, Tensor | None]:
     """:func:`compute_pairwise_distances` and a screen of the embeddings (see ``_check_values``).
 
-    The screen is a 0-dim tensor, finite exactly when every embedding is finite (the
-    largest centred component: NaN and ±inf reach it, finite rows cannot overflow it), or
-    ``None`` for an empty batch.
+    The screen is a 0-dim tensor, non-finite whenever an embedding is (the largest centred
+    component in the Gram form, the embeddings' sum in the direct one: NaN and ±inf reach
+    both; a sum that merely overflowed is confirmed on the embeddings), or ``None`` for an
+    empty batch.
     """
     emb = _pairwise_input(embeddings)
     if emb.shape[0] == 0:
@@ -767,22 +772,16 @@ class _PairwiseDistances(torch.autograd.Function):
 # its Gram mode off, and cdist's own backward kernel): then one B²·D pass costs less than the
 # Gram form's dozen extra ops (crossover measured near B = 48 at D = 128, one thread).
 _DIRECT_LIMIT = 2**18
-# Direct pairs closer than this (in units of the scale) are recomputed with their own scale
-# (:func:`_direct_distances`): their squared components may be subnormal.
-_DIRECT_FLOOR = 2.0**-40
 _CDIST_BACKWARD: Callable[..., Tensor] | None = getattr(torch.ops.aten, "_cdist_backward", None)
 
 
-# dtype -> (integer view, mask of the exponent bits): ``x & mask`` is the power of two at or
-# below |x| (0 for subnormals, inf for inf and NaN).
-_EXPONENT_BITS: dict[torch.dtype, tuple[torch.dtype, int]] = {
-    torch.float32: (torch.int32, 0x7F800000),
-    torch.float64: (torch.int64, 0x7FF0000000000000),
+# dtype -> the direct form's bounds on a pair's distance: between them every squared
+# component that matters is a normal number (the largest one is at least low²/D, normal for D
+# up to 2^18) and their sum cannot overflow. Pairs outside are recomputed with their own scale.
+_DIRECT_BOUNDS: dict[torch.dtype, tuple[float, float]] = {
+    torch.float32: (2.0**-40, 2.0**60),
+    torch.float64: (2.0**-400, 2.0**500),
 }
-
-
-def _tiny(t: Tensor) -> float:
-    return torch.finfo(t.dtype).tiny
 
 
 def _direct_mode(emb: Tensor) -> bool:
@@ -791,7 +790,7 @@ def _direct_mode(emb: Tensor) -> bool:
     return (
         emb.device.type == "cpu"
         and size * size * dim <= _DIRECT_LIMIT
-        and emb.dtype in _EXPONENT_BITS
+        and emb.dtype in _DIRECT_BOUNDS
         and _CDIST_BACKWARD is not None
     )
 
@@ -806,18 +805,21 @@ def _pairwise_forward(
     """
     size = emb.shape[0]
     neg_centre: Tensor | None = None
+    safe_scale: Tensor | None = None
     if _direct_mode(emb):
-        # No centring: a direct difference does not cancel. The rows are scaled by the power
-        # of two at or below their largest magnitude (its exponent bits), so every scaled
-        # value and difference is exact and |u| < 2: no square overflows.
-        scale = emb.abs().amax()  # NaN/inf rows reach it
-        bits, exponent = _EXPONENT_BITS[emb.dtype]
-        safe_scale = (scale.view(bits) & exponent).view(emb.dtype).clamp_(min=_tiny(emb))
-        u = emb / safe_scale
-        pair_units = torch.cdist(u, u, compute_mode="donot_use_mm_for_euclid_dist")
+        # Direct differences need neither centring (a difference does not cancel) nor
+        # scaling: between the bounds every square is normal and finite. Pairs outside them
+        # are recomputed with their own scale. The screen is a plain sum (NaN/inf rows reach
+        # it; a sum that merely overflowed is confirmed on the embeddings).
+        scale = emb.sum()
+        pair_units = torch.cdist(emb, emb, compute_mode="donot_use_mm_for_euclid_dist")
+        low, high = _DIRECT_BOUNDS[emb.dtype]
         # NaN compares False: a NaN pair is not flagged and its NaN reaches the result.
-        flagged = pair_units < _DIRECT_FLOOR
-        distances = pair_units * safe_scale
+        flagged = (pair_units < low).logical_or_(pair_units > high)
+        u = emb
+        # The distances themselves (the recomputed pairs are written into them below; the
+        # backward never reads those entries).
+        distances = pair_units
     else:
         # x/2 - m/2 as one product and one add: m/2 = (-1/2B, ...) @ x, each partial sum at
         # most finfo.max/2, and halving is exact, so neither side can overflow.
@@ -826,7 +828,7 @@ def _pairwise_forward(
         scale = half.abs().amax()  # NaN/inf rows reach it
         # Identical rows (scale 0) give u = 0; a NaN scale (a NaN/inf row) keeps NaN in every
         # u, never a silent 0. Dividing by the power of two ``tiny`` is exact.
-        safe_scale = scale.clamp(min=_tiny(emb))
+        safe_scale = scale.clamp(min=torch.finfo(emb.dtype).tiny)
         u = half.div_(safe_scale)
         gram = u @ u.T
         # The norms are the product's diagonal: each squared distance of a row to itself is
@@ -868,7 +870,7 @@ def _pairwise_backward(saved: Sequence[Any], grad: Tensor) -> Tensor:
     differentiable = torch.is_grad_enabled()
     if differentiable:
         # create_graph=True: the same gradient from differentiable ops (double backward).
-        u = emb / scale if neg_centre is None else torch.add(neg_centre, emb, alpha=0.5) / scale
+        u = emb if direct else torch.add(neg_centre, emb, alpha=0.5) / scale
         if direct:
             diffs = u.unsqueeze(1) - u.unsqueeze(0)  # [B, B, D]
             squared = (diffs * diffs).sum(dim=-1)
