@@ -61,7 +61,7 @@ from robustness.known import (
     rewrite,
     write_known,
 )
-from robustness.profiles import PROFILES
+from robustness.profiles import PROFILES, profile_kept
 from robustness.target import LossTarget, MetricsTarget, load_loss_target, load_metrics_target
 
 __all__ = [
@@ -744,6 +744,7 @@ def _run_pytest(
     with (
         _hermetic_plugins(options.workers),
         _single_threaded_torch(),
+        profile_kept(),
         contextlib.redirect_stdout(pytest_output),
     ):
         code = pytest.main(

@@ -20,9 +20,12 @@ name replaces Hypothesis's built-in one, so CI gets the deterministic contract p
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from hypothesis import HealthCheck, Phase, settings
 
-__all__ = ["COMMIT_EXAMPLES", "PROFILES", "register_profiles"]
+__all__ = ["COMMIT_EXAMPLES", "PROFILES", "profile_kept", "register_profiles"]
 
 # print_blob=False: a contract failure ends with the repro file's `python -m robustness replay`
 # command (robustness.plugin); Hypothesis's @reproduce_failure hint cannot be applied to an
@@ -77,6 +80,23 @@ def register_profiles() -> None:
     """Register every profile in :data:`PROFILES` (idempotent)."""
     for name, profile in PROFILES.items():
         settings.register_profile(name, profile)
+
+
+@contextlib.contextmanager
+def profile_kept() -> Iterator[None]:
+    """Give back the Hypothesis profile that was loaded before, on leaving the block.
+
+    An in-process ``pytest.main`` (the gate's run with ``--workers 0``) loads the profile it
+    was asked for, through Hypothesis's plugin or ``[tool.robustness]``, and leaves it
+    loaded. In a test process (the project's own suite, a user's suite that calls the gate)
+    every later test in that process would then run under that profile: the verdict would
+    depend on which tests an xdist worker happened to run before.
+    """
+    name = settings.get_current_profile_name()
+    try:
+        yield
+    finally:
+        settings.load_profile(name)
 
 
 register_profiles()
