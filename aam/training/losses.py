@@ -550,31 +550,37 @@ def _huber(pred: Tensor, true: Tensor, pre: _Scale, post: _Scale) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+#: Rows of logits per block of the nucleotide term on the cpu, per torch thread: a block's
+#: class-major workspace (``V`` x rows floats, 768 KiB at V = 6) stays in cache through the
+#: block's passes, where passes over all ``M`` rows each went out to memory.
+NUC_BLOCK_ROWS = 32768
+
+
 class _MaskedCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy over the valid rows of ``[M, V]`` logits, with a fused backward.
+    """Mean cross-entropy over the valid rows of ``[M, V]`` logits, its gradient written once.
 
-    Every pass runs on a class-major ``[V, M]`` copy of the logits (see
-    :func:`_class_major`): a reduction over the ``V`` classes is then an elementwise
-    operation across ``V`` contiguous planes of ``M`` rows, several times faster than a
-    reduction over rows of only ``V`` (4 to 6) elements.
+    The forward runs block by block (:func:`_cross_entropy_rows`) on a class-major
+    ``[V, rows]`` copy of each block of logits: a reduction over the ``V`` classes is then
+    an elementwise operation across ``V`` contiguous planes, several times faster than a
+    reduction over rows of only ``V`` (4 to 6) elements, and the block stays in cache.
 
-    Forward, in the compute dtype: ``xt`` = the logits class-major with padded rows set to
-    0 (so garbage there stays finite), ``m = max(xt)``, ``e = exp(xt - m)``, ``s = sum(e)``
-    and ``nll = (m - x[id]) + log(s)``: both parts are >= 0, so nothing cancels and the
-    error scales with the logits' spread, not their size (equal logits of any magnitude
-    give ``log V``). ``m - x[id]`` is taken halved (``m/2 - x[id]/2`` is exact and cannot
+    Per row, in the compute dtype: ``x`` = the logits with padded rows set to 0 (so garbage
+    there stays finite), ``m = max(x)``, ``e = exp(x - m)``, ``s = sum(e)`` and
+    ``nll = (m - x[id]) + log(s)``: both parts are >= 0, so nothing cancels and the error
+    scales with the logits' spread, not their size (equal logits of any magnitude give
+    ``log V``). ``m - x[id]`` is taken halved (``m/2 - x[id]/2`` is exact and cannot
     overflow) and each row is weighted by ``w = valid * 2 * pre`` (see :func:`_pow2_scales`),
     so a representable mean never overflows. Valid rows that held NaN/±inf give a garbage
     value: the caller's non-finite check (``screen``, the weighted row sums) raises before
     the value is returned.
 
-    Backward writes ``(e - s * onehot) * (coef / s)`` with ``coef = grad * pre * post *
-    valid``: one scatter in place in ``e``, then one multiply whose output is the transposed
-    view of the ``[M, V]`` gradient (the strided write costs about what a copy does):
-    exactly 0 at padded rows (``e`` and ``s`` are finite there and ``coef`` is 0). ``e`` is
-    saved from the forward and overwritten by the first backward; a second backward
-    (``retain_graph=True``) recomputes it from the logits. Under ``create_graph=True`` the
-    gradient is recomputed with differentiable ops instead, so double backward works.
+    When the caller will differentiate (``with_grad``), the same blocks also write the
+    gradient of the loss for an upstream gradient of 1, ``(e / s - onehot) * valid / n``,
+    into a new ``[M, V]`` tensor: exactly 0 at padded rows (``e`` and ``s`` are finite there
+    and the weight is 0). The backward scales it in place by the upstream gradient and
+    returns it: one pass. A second backward (``retain_graph=True``) recomputes it from the
+    logits. Under ``create_graph=True`` the gradient is recomputed with differentiable ops
+    instead, so double backward works.
 
     Returns ``(loss, screen)``: the 0-dim loss and a 0-dim screen for the non-finite check
     (not differentiable): the sum of the valid rows' raw sums, weighted by ``w``, NaN/±inf
@@ -583,13 +589,21 @@ class _MaskedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, logits: Tensor, ids: Tensor, valid: Tensor, pre: Tensor, post: Tensor
+        ctx: Any,
+        logits: Tensor,
+        ids: Tensor,
+        valid: Tensor,
+        pre: Tensor,
+        post: Tensor,
+        with_grad: bool,
     ) -> tuple[Tensor, Tensor]:
-        exp, top, picked, row_sums = _shifted_exp(logits, ids, valid, pre.dtype)
-        total = exp.sum(dim=0)  # >= 1: the row's maximum contributes exp(0)
-        half_gap = torch.add(top * 0.5, picked, alpha=-0.5)  # (m - x[id]) / 2 >= 0, finite
-        nll_half = torch.add(half_gap, total.log(), alpha=0.5)
         weight = torch.where(valid, pre * 2.0, 0.0)
+        unit = weight * (0.5 * post) if with_grad else None  # valid / n: d loss / d nll
+        top, picked, row_sums, total, grad = _cross_entropy_rows(
+            logits, ids, valid, pre.dtype, unit
+        )
+        half_gap = torch.add(top * 0.5, picked, alpha=-0.5)  # (m - x[id]) / 2 >= 0, finite
+        nll_half = torch.add(half_gap, total.log_(), alpha=0.5)  # total >= 1: exp(0) at m
         loss = torch.dot(nll_half, weight) * post
         # A NaN/±inf logit makes its row's sum, and this weighted sum of the row sums,
         # non-finite. The rows are weighted like the mean, so finite logits overflow it only
@@ -597,65 +611,90 @@ class _MaskedCrossEntropy(torch.autograd.Function):
         screen = torch.dot(row_sums, weight)
         ctx.mark_non_differentiable(screen)
         ctx.set_materialize_grads(False)  # the screen's gradient is never needed, not even as 0
-        ctx.save_for_backward(logits, ids, valid, weight, total, post)
-        ctx.exp = exp
+        ctx.save_for_backward(logits, ids, valid, weight, post)
+        ctx.grad = grad
         return loss, screen
 
     @staticmethod
     def backward(
         ctx: Any, grad_loss: Tensor | None, grad_screen: Tensor | None
-    ) -> tuple[Tensor | None, None, None, None, None]:
+    ) -> tuple[Tensor | None, None, None, None, None, None]:
         if grad_loss is None:
-            return None, None, None, None, None
-        logits, ids, valid, weight, total, post = ctx.saved_tensors
+            return None, None, None, None, None, None
+        logits, ids, valid, weight, post = ctx.saved_tensors
         vocab = logits.shape[-1]
-        coef = weight * (grad_loss * (0.5 * post)).to(weight.dtype)  # pre * post * valid * g
         if torch.is_grad_enabled():
             # create_graph=True: the same gradient from differentiable ops (double backward).
+            coef = weight * (grad_loss * (0.5 * post)).to(weight.dtype)  # valid * g / n
             x = logits.reshape(-1, vocab).to(weight.dtype)
             safe = torch.where(valid.unsqueeze(1), x, 0.0)
             probs = torch.softmax(safe, dim=1)
             onehot = torch.zeros_like(probs).scatter_(1, ids.unsqueeze(1), 1.0)
             grad = (probs - onehot) * coef.unsqueeze(1)
-            return grad.reshape(logits.shape).to(logits.dtype), None, None, None, None
-        exp: Tensor | None = ctx.exp
-        ctx.exp = None
-        if exp is None:
-            # A second backward through a retained graph: e was consumed by the first one.
-            exp = _shifted_exp(logits, ids, valid, weight.dtype)[0]
-        shifted = exp.scatter_add_(0, ids.unsqueeze(0), total.neg().unsqueeze(0))  # e - s*onehot
-        grad = torch.empty((shifted.shape[1], vocab), dtype=shifted.dtype, device=shifted.device)
-        # The multiply writes through the transposed view: the copy back to [M, V] costs
-        # no pass of its own.
-        torch.mul(shifted, coef / total, out=grad.t())
-        return grad.reshape(logits.shape).to(logits.dtype), None, None, None, None
+            return grad.reshape(logits.shape).to(logits.dtype), None, None, None, None, None
+        written: Tensor | None = ctx.grad
+        ctx.grad = None
+        if written is None:
+            # A second backward through a retained graph: the first one scaled the gradient.
+            unit = weight * (0.5 * post)
+            written = _cross_entropy_rows(logits, ids, valid, weight.dtype, unit)[-1]
+        scaled = cast(Tensor, written).mul_(grad_loss.to(weight.dtype))
+        return scaled.reshape(logits.shape).to(logits.dtype), None, None, None, None, None
 
 
-def _shifted_exp(
-    logits: Tensor, ids: Tensor, valid: Tensor, dtype: torch.dtype
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``exp(x - max(x))`` class-major ``[V, M]``, and ``max(x)``, ``x[id]``, ``sum(x)`` ``[M]``.
+def _cross_entropy_rows(
+    logits: Tensor, ids: Tensor, valid: Tensor, dtype: torch.dtype, unit: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """Per row of the ``[..., V]`` logits: ``max(x)``, ``x[id]``, ``sum(x)``, ``sum(exp(x - max))``.
 
     Computed in ``dtype`` on the logits with padded rows set to 0 (so garbage there stays
-    finite; valid rows are as given, NaN/±inf included).
+    finite; valid rows are as given, NaN/±inf included). With ``unit`` (``[M]``, the weight
+    of each row's cross-entropy in the loss) it also returns the ``[M, V]`` gradient
+    ``(softmax(x) - onehot(id)) * unit``, else ``None``.
+
+    On the cpu the rows go in blocks of :data:`NUC_BLOCK_ROWS` per torch thread, each
+    through one class-major workspace (:func:`_class_major`); elsewhere, in one block.
     """
-    by_class = _class_major(logits.reshape(-1, logits.shape[-1]).to(dtype))
-    by_class.masked_fill_(~valid, 0.0)
-    row_sums = by_class.sum(dim=0)
-    top = by_class.amax(dim=0)
-    picked = by_class.gather(0, ids.unsqueeze(0)).squeeze(0)
-    return by_class.sub_(top).exp_(), top, picked, row_sums
+    vocab = logits.shape[-1]
+    flat = logits.reshape(-1, vocab)
+    rows = flat.shape[0]
+    block = rows
+    if flat.device.type == "cpu":
+        block = min(rows, NUC_BLOCK_ROWS * max(torch.get_num_threads(), 1))
+    top, picked, row_sums, total = flat.new_empty((4, rows), dtype=dtype)
+    grad = flat.new_empty((rows, vocab), dtype=dtype) if unit is not None else None
+    workspace = flat.new_empty((vocab, block), dtype=dtype)
+    picks = ids.unsqueeze(0)
+    for start in range(0, rows, max(block, 1)):
+        end = min(start + block, rows)
+        part = slice(start, end)
+        by_class = _class_major(flat[part].to(dtype), valid[part], workspace)
+        torch.sum(by_class, dim=0, out=row_sums[part])
+        block_top = torch.amax(by_class, dim=0, out=top[part])
+        torch.gather(by_class, 0, picks[:, part], out=picked[part].unsqueeze(0))
+        exp = by_class.sub_(block_top).exp_()
+        block_total = torch.sum(exp, dim=0, out=total[part])  # >= 1: the maximum's exp(0)
+        if grad is not None and unit is not None:
+            shifted = exp.scatter_add_(0, picks[:, part], block_total.neg().unsqueeze(0))
+            # The multiply writes through the transposed view of the block's gradient rows:
+            # the copy back to [rows, V] costs no pass of its own.
+            torch.mul(shifted, unit[part] / block_total, out=grad[part].t())
+    return top, picked, row_sums, total, grad
 
 
-def _class_major(x: Tensor) -> Tensor:
-    """``x.T`` as a new contiguous ``[V, M]`` tensor, a copy even where ``x.t()`` is one.
+def _class_major(x: Tensor, valid: Tensor, workspace: Tensor) -> Tensor:
+    """``x.T`` with 0 in the columns of rows not ``valid``, written into ``workspace``.
 
-    The caller writes into it. An identity product ``I @ x.T`` through BLAS is about 7%
-    faster on the cpu, but it is an exact copy only while matmuls run in IEEE float32 (a
-    bf16 or tf32 math mode, set through torch or the BLAS's own environment, would silently
-    round the logits), so it is not used.
+    ``x`` is ``[rows, V]``, ``valid`` ``[rows]`` bool, ``workspace`` ``[V, >= rows]``
+    contiguous; returns its first ``rows`` columns. One pass: :func:`torch.where` writes
+    through the transposed view. An identity product ``I @ x.T`` through BLAS would be an
+    exact copy only while matmuls run in IEEE float32 (a bf16 or tf32 math mode, set
+    through torch or the BLAS's own environment, would silently round the logits), so it
+    is not used.
     """
-    return x.t().clone(memory_format=torch.contiguous_format)
+    by_class = workspace[:, : x.shape[0]]
+    torch.where(valid.unsqueeze(1), x, x.new_zeros(()), out=by_class.t())
+    return by_class
 
 
 # --------------------------------------------------------------------------------------------
@@ -1373,7 +1412,7 @@ class MultiTaskLoss(nn.Module):
             0-dim tensor (computed in float32 or wider); exactly 0 with no valid position.
             Shift-invariant: equal logits of any finite magnitude give ``log V``. The
             gradient is ``(softmax - onehot) / n`` at valid positions and exactly 0 at padded
-            ones, written by one fused backward pass (:class:`_MaskedCrossEntropy`); double
+            ones, written once by the forward (:class:`_MaskedCrossEntropy`); double
             backward (``create_graph=True``) works too.
 
         Raises:
@@ -1416,8 +1455,9 @@ class MultiTaskLoss(nn.Module):
         safe_ids = ids.long().clamp(0, vocab - 1)
         loss: Tensor
         screen: Tensor
+        with_grad = torch.is_grad_enabled() and logits.requires_grad
         loss, screen = _MaskedCrossEntropy.apply(  # type: ignore[no-untyped-call]
-            logits, safe_ids.reshape(-1), valid.reshape(-1), pre, post
+            logits, safe_ids.reshape(-1), valid.reshape(-1), pre, post, with_grad
         )
         _check_values(
             term,

@@ -1670,6 +1670,59 @@ def test_nucleotide_backward_can_run_twice_with_retain_graph(contract_device):
     torch.testing.assert_close(logits.grad, 2 * first, rtol=1e-6, atol=0.0)
 
 
+@pytest.mark.parametrize("block_rows", [1, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_nucleotide_blocks_give_the_single_block_value_and_gradient(
+    contract_device, monkeypatch, dtype, block_rows
+):
+    # On the cpu the rows go through the loss in blocks (NUC_BLOCK_ROWS per thread). Blocks
+    # of 1 and 7 rows (a partial last block, NaN padding straddling block edges) must give
+    # the value and gradient of one block holding every row, which the reference tests
+    # check; a row dropped or shifted at a block edge changes both. Not bitwise: a block
+    # narrower than a vector takes the scalar exp, which may differ from the vectorized
+    # one in the last bit, so a few ulps of the result's dtype (and exact 0 at padding).
+    batch = with_garbage(make_batch(device=contract_device, seed=36, dtype=dtype), math.nan)
+    args = (
+        batch.outputs["nuc_predictions"],
+        batch.targets["nucleotides"],
+        batch.targets["nuc_mask"],
+    )
+    rows = args[1].numel()
+    monkeypatch.setattr(losses_module, "NUC_BLOCK_ROWS", rows)
+    expected = _nuc_value_and_grad(*args)
+    monkeypatch.setattr(losses_module, "NUC_BLOCK_ROWS", block_rows)
+    assert rows % (block_rows * torch.get_num_threads()) != 0 or block_rows == 1
+    got = _nuc_value_and_grad(*args)
+    ulps = 4 * torch.finfo(dtype).eps
+    torch.testing.assert_close(got[0], expected[0], rtol=ulps, atol=0.0)
+    torch.testing.assert_close(got[1], expected[1], rtol=ulps, atol=0.0)
+    padded = ~batch.valid["nuc_predictions"]
+    assert torch.equal(got[1][padded], torch.zeros_like(got[1][padded]))
+
+
+def test_nucleotide_forward_without_grad_writes_no_gradient(contract_device, monkeypatch):
+    # The forward writes the gradient only when autograd will ask for it: under no_grad, or
+    # for logits that do not require grad, it allocates no [M, V] gradient.
+    seen: list[bool] = []
+    rows = losses_module._cross_entropy_rows
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = rows(*args, **kwargs)
+        seen.append(result[-1] is not None)
+        return result
+
+    monkeypatch.setattr(losses_module, "_cross_entropy_rows", spy)
+    batch = make_batch(device=contract_device, seed=37)
+    logits = batch.outputs["nuc_predictions"]
+    ids, mask = batch.targets["nucleotides"], batch.targets["nuc_mask"]
+    loss = MultiTaskLoss()
+    with torch.no_grad():
+        loss.compute_nucleotide_loss(logits, ids, mask)
+    loss.compute_nucleotide_loss(logits.detach(), ids, mask)
+    loss.compute_nucleotide_loss(logits, ids, mask).backward()
+    assert seen == [False, False, True]
+
+
 @pytest.mark.parametrize("precision", ["medium", "high"])
 def test_nucleotide_loss_does_not_depend_on_the_float32_matmul_precision(
     contract_device, precision
