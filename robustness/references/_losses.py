@@ -494,16 +494,20 @@ def reference_gradients(batch: MultiTaskBatch, term: str) -> dict[str, torch.Ten
         heads, weights = [head], {head: 1.0}
     keys = [batch.output_key(h) for h in heads]
     leaves = {k: batch.outputs[k].detach().cpu().double().requires_grad_(True) for k in keys}
-    total = torch.zeros((), dtype=torch.float64)
-    for h in heads:
-        total = total + weights[h] * _t_term(batch, h, leaves)
-    grads: tuple[torch.Tensor | None, ...] = (None,) * len(leaves)
-    if total.requires_grad:
-        grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
-    return {
-        k: g if g is not None else torch.zeros_like(leaf)
-        for (k, leaf), g in zip(leaves.items(), grads, strict=True)
-    }
+    # Each term's gradient on its own, then weighted: one rounding per entry. Weighting inside
+    # autograd's chain would carry a tiny penalty (down to finfo.tiny) through every
+    # intermediate of the term's backward, where products underflow to subnormals and lose
+    # digits that the weighted gradient itself can still hold.
+    grads: dict[str, torch.Tensor] = {}
+    for h, key in zip(heads, keys, strict=True):
+        leaf = leaves[key]
+        value = _t_term(batch, h, leaves)
+        grad = None
+        if value.requires_grad:
+            (grad,) = torch.autograd.grad(value, [leaf], allow_unused=True)
+        grad = torch.zeros_like(leaf) if grad is None else grad
+        grads[key] = grad * weights[h]  # exact for a single term's weight of 1
+    return grads
 
 
 def _loss_name(head: str) -> str:
