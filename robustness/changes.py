@@ -15,7 +15,9 @@ and, followed through the names each of those uses, every function, method or cl
 project's own code that it uses (``self._check`` on the class, a module-level helper such as
 ``_count_inputs``, base classes; "own" is any module not installed under the interpreter's
 library paths, so torch is left out and an editable install is in), so an edit to a shared
-helper changes every term that uses it.
+helper changes every term that uses it. The constants that code reads (a module-level
+``HUBER_DELTA = 1.0``, a class attribute, a dict or tuple of literals) are in the key by
+value, so a changed setting reruns the terms that read it.
 
 ``--changed`` compares those keys with the ones recorded when the term last passed (state in
 ``.robustness/changes.json``, written after every gate run that ran all the rules of a term
@@ -48,7 +50,7 @@ import sysconfig
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FunctionType
+from types import FunctionType, MappingProxyType
 from typing import Any
 
 from robustness.errors import HarnessUsageError
@@ -106,6 +108,39 @@ def _source(obj: Any) -> str:
         return f"<no source: {getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}>"
 
 
+_SCALARS = (bool, int, float, complex, str, bytes)
+
+
+def _data_repr(value: Any) -> str | None:
+    """A stable text of a module-level or class-level constant, or ``None`` if it is not one.
+
+    Constants are the literal kinds a loss reads as settings (``HUBER_DELTA = 1.0``, a block
+    size, a dict of keys): numbers, strings, and tuples, lists, sets and dicts of them (with
+    ``None`` inside). Sets are written sorted: their order follows string hashing, which
+    changes per process.
+    """
+    if isinstance(value, _SCALARS):
+        return repr(value)
+    if isinstance(value, tuple | list | set | frozenset):
+        items = [_item_repr(v) for v in value]
+        if any(item is None for item in items):
+            return None
+        texts = [item for item in items if item is not None]
+        if isinstance(value, set | frozenset):
+            return f"set({', '.join(sorted(texts))})"
+        return f"{type(value).__name__}({', '.join(texts)})"
+    if isinstance(value, dict | MappingProxyType):
+        pairs = [(_item_repr(k), _item_repr(v)) for k, v in value.items()]
+        if any(k is None or v is None for k, v in pairs):
+            return None
+        return "dict(" + ", ".join(f"{k}: {v}" for k, v in pairs) + ")"
+    return None
+
+
+def _item_repr(value: Any) -> str | None:
+    return "None" if value is None else _data_repr(value)
+
+
 def _code_names(obj: Any) -> set[str]:
     """Every global or attribute name the functions of ``obj`` (a function or class) use."""
     names: set[str] = set()
@@ -155,7 +190,9 @@ def _closure(
     """Name -> source of ``roots`` and of the project's code they use, transitively.
 
     Followed: the module-level names a function or class body uses, methods reached through
-    ``self.name`` on ``cls``, and the base classes of a class. ``sources`` caches each
+    ``self.name`` on ``cls``, and the base classes of a class. Constants they read (see
+    :func:`_data_repr`) are part of the key by value: a changed ``HUBER_DELTA`` moves the
+    terms that use it. ``sources`` caches each
     object's source across the terms of one :func:`term_keys` call: every loss term reaches
     ``__init__`` and the shared helpers, and :func:`inspect.getsource` parses a class's whole
     module each time (aam's keys: 205 look-ups in 0.52 s at the end of every gate run, 81 in
@@ -178,9 +215,18 @@ def _closure(
         scope: dict[str, Any] = dict(vars(module)) if module is not None else {}
         candidates: list[Any] = list(obj.__mro__[1:]) if inspect.isclass(obj) else []
         for used in sorted(_code_names(obj)):
-            candidates.append(scope.get(used))
+            value = scope.get(used)
+            candidates.append(value)
+            # Dunders (__file__, __name__) are where the code is, not what it computes.
+            constant = None if used.startswith("__") else _data_repr(value)
+            if constant is not None:
+                found[f"{scope['__name__']}.{used}"] = f"= {constant}"
             if cls is not None:
-                candidates.append(inspect.getattr_static(cls, used, None))
+                attribute = inspect.getattr_static(cls, used, None)
+                candidates.append(attribute)
+                constant = None if used.startswith("__") else _data_repr(attribute)
+                if constant is not None:
+                    found[f"{cls.__module__}.{cls.__qualname__}.{used}"] = f"= {constant}"
         for candidate in candidates:
             if isinstance(candidate, staticmethod | classmethod):
                 candidate = candidate.__func__

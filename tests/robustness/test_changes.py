@@ -8,6 +8,7 @@ keys moved. Nothing here runs the contract suite, so these tests take well under
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +158,81 @@ def test_editing_a_module_level_helper_moves_the_terms_that_call_it(package):
     before = package.keys()
     package.edit("losses", "def _check(x):\n    return x", "def _check(x):\n    return -x")
     assert _moved(before, package.keys()) == {"nuc_loss", "total_loss"}
+
+
+CONSTANTS = """
+SCALE = 1.0
+KEYS = {"a": ("x", None), "b": frozenset({"p", "q", "r"})}
+UNUSED = 3
+
+
+def compute_pairwise_distances(embeddings):
+    return embeddings
+
+
+class Loss:
+    LIMIT = 10
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def compute_target_loss(self, pred, true, is_classifier=False):
+        return (pred - true) * SCALE
+
+    def compute_count_loss(self, pred, true, mask):
+        return (pred - true) * mask * self.LIMIT
+
+    def compute_base_loss(self, emb, dist, encoder_type="unifrac"):
+        return emb - dist
+
+    def compute_nucleotide_loss(self, logits, ids, mask):
+        return logits[KEYS["a"][0]]
+
+    def forward(self, outputs, targets, is_classifier=False, encoder_type="unifrac"):
+        return 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "moved"),
+    [
+        ("SCALE = 1.0", "SCALE = 2.0", {"target_loss"}),
+        ("    LIMIT = 10", "    LIMIT = 11", {"count_loss"}),
+        ('("x", None)', '("x", 0)', {"nuc_loss"}),
+        ("UNUSED = 3", "UNUSED = 4", set()),
+    ],
+    ids=["module-constant", "class-constant", "nested-dict", "unused"],
+)
+def test_editing_a_constant_moves_the_terms_that_read_it(package, old, new, moved):
+    # A setting such as HUBER_DELTA is code too: a term that reads it must rerun when it
+    # changes, or --changed passes a term it never checked. A constant no term reads moves
+    # nothing.
+    package.write(CONSTANTS, METRICS)
+    before = package.keys()
+    package.edit("losses", old, new)
+    assert _moved(before, package.keys()) == moved
+
+
+def test_a_set_constant_gives_the_same_key_in_every_process(package):
+    # A set's order follows string hashing, which changes per process: the key must not.
+    package.write(CONSTANTS, METRICS)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from robustness import changes; from robustness.target import *;"
+        f"print(changes.term_keys(load_loss_target('{package.name}.losses:Loss'),"
+        f" load_metrics_target('{package.name}.metrics'))['nuc_loss'])"
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", code, str(package.dir.parent)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(keys) == 1, keys
 
 
 def test_editing_the_pairwise_distances_moves_the_base_term(package):
