@@ -43,6 +43,8 @@ def test_profile_kept_restores_the_profile_after_a_load_and_after_an_error(loade
 
 
 def test_an_in_process_gate_run_leaves_the_loaded_profile_loaded(loaded_ci, tmp_path, capsys):
+    # Also a gate run inside a pytest session that already imported the harness's plugin:
+    # gate.ini's "error" filter once made pytest's can't-rewrite warning for it fatal.
     argv = ["--rules", "C-SCALAR-1", "--profile", "commit", "--workers", "0"]
     assert run_gate([*argv, "--state", str(tmp_path / "state.json")]) == EXIT_OK
     assert "profile commit" in capsys.readouterr().out  # the run itself used commit
