@@ -664,11 +664,12 @@ def _cross_entropy_rows(
     top, picked, row_sums, total = flat.new_empty((4, rows), dtype=dtype)
     grad = flat.new_empty((rows, vocab), dtype=dtype) if unit is not None else None
     workspace = flat.new_empty((vocab, block), dtype=dtype)
+    zero = workspace.new_zeros(())
     picks = ids.unsqueeze(0)
     for start in range(0, rows, max(block, 1)):
         end = min(start + block, rows)
         part = slice(start, end)
-        by_class = _class_major(flat[part].to(dtype), valid[part], workspace)
+        by_class = _class_major(flat[part].to(dtype), valid[part], workspace, zero)
         torch.sum(by_class, dim=0, out=row_sums[part])
         block_top = torch.amax(by_class, dim=0, out=top[part])
         torch.gather(by_class, 0, picks[:, part], out=picked[part].unsqueeze(0))
@@ -682,18 +683,19 @@ def _cross_entropy_rows(
     return top, picked, row_sums, total, grad
 
 
-def _class_major(x: Tensor, valid: Tensor, workspace: Tensor) -> Tensor:
-    """``x.T`` with 0 in the columns of rows not ``valid``, written into ``workspace``.
+def _class_major(x: Tensor, valid: Tensor, workspace: Tensor, zero: Tensor) -> Tensor:
+    """``x.T`` with ``zero`` in the columns of rows not ``valid``, written into ``workspace``.
 
     ``x`` is ``[rows, V]``, ``valid`` ``[rows]`` bool, ``workspace`` ``[V, >= rows]``
-    contiguous; returns its first ``rows`` columns. One pass: :func:`torch.where` writes
+    contiguous, ``zero`` a 0-dim 0 of its dtype (made once per call of the loss, not per
+    block); returns the workspace's first ``rows`` columns. One pass: :func:`torch.where` writes
     through the transposed view. An identity product ``I @ x.T`` through BLAS would be an
     exact copy only while matmuls run in IEEE float32 (a bf16 or tf32 math mode, set
     through torch or the BLAS's own environment, would silently round the logits), so it
     is not used.
     """
     by_class = workspace[:, : x.shape[0]]
-    torch.where(valid.unsqueeze(1), x, x.new_zeros(()), out=by_class.t())
+    torch.where(valid.unsqueeze(1), x, zero, out=by_class.t())
     return by_class
 
 
